@@ -1,0 +1,129 @@
+"""DSEEConfig: every knob of a DSEE adapter, validated, with a JSON round trip.
+
+ΔW = s·(B·A + S), s = alpha / rank  (paper §3; LoRA's vocabulary).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SPARSE_METHODS = ("grebsmo", "upstream", "magnitude", "random")
+INIT_MODES = ("zero", "upstream")
+CONFIG_NAME = "dsee_config.json"
+
+
+def _as_tuple(value: Any, name: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    items = tuple(value)
+    if not items or not all(isinstance(v, str) and v for v in items):
+        raise ValueError(f"DSEEConfig.{name} must be None, a non-empty string or a non-empty list of strings, got {value!r}")
+    return items
+
+
+@dataclass(frozen=True)
+class DSEEConfig:
+    """Configuration of a DSEE adapter.
+
+    Args:
+        rank: r, the rank of the low-rank factor B·A (paper §3.1). 0 means a sparse-only update.
+        alpha: the scale is s = alpha / rank (as in LoRA).
+        dropout: dropout on the adapter branch's input (not on the frozen path).
+        num_sparse: N, the number of trainable entries of S per adapted matrix (paper §3.1).
+            With N = 0 DSEE is exactly LoRA.
+        sparse_method: how Ω (the support of S) is chosen from the pre-trained weight W0:
+            "grebsmo" (W0 ≈ L + S', top-N |S'|, paper §3.1), "upstream" (the released code's
+            decomposition, always exactly N), "magnitude" (top-N |W0|), "random".
+        targets: which modules to adapt: exact module name, dotted suffix or regular expression.
+            None means the architecture's default (query and value).
+        modules_to_save: modules trained in full (by the same matching rules). None means the task
+            head for sequence-classification models and nothing for causal LMs.
+        init: "zero" (B = 0, S = 0: the adapted model equals the base model at step 0) or
+            "upstream" (the released code's N(0, 0.02²) start for B and S).
+        seed: seeds A's initialisation and the "random" support.
+    """
+
+    rank: int = 16
+    alpha: float = 32
+    dropout: float = 0.0
+    num_sparse: int = 64
+    sparse_method: str = "grebsmo"
+    targets: tuple[str, ...] | None = None
+    modules_to_save: tuple[str, ...] | None = None
+    init: str = "zero"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"DSEEConfig.{name}={getattr(self, name)!r}: {why}")
+
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            raise bad("rank", "must be an integer >= 0")
+        if isinstance(self.num_sparse, bool) or not isinstance(self.num_sparse, int) or self.num_sparse < 0:
+            raise bad("num_sparse", "must be an integer >= 0")
+        if self.rank == 0 and self.num_sparse == 0:
+            raise bad("rank", "rank and num_sparse are both 0: the adapter would have nothing to train")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
+            raise bad("alpha", "must be a positive number")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "must be in [0, 1)")
+        if self.sparse_method not in SPARSE_METHODS:
+            raise bad("sparse_method", f"unknown method; choose one of {', '.join(SPARSE_METHODS)}")
+        if self.init not in INIT_MODES:
+            raise bad("init", f"unknown init; choose one of {', '.join(INIT_MODES)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise bad("seed", "must be an integer")
+        object.__setattr__(self, "targets", _as_tuple(self.targets, "targets"))
+        object.__setattr__(self, "modules_to_save", _as_tuple(self.modules_to_save, "modules_to_save"))
+
+    @property
+    def scaling(self) -> float:
+        """s = alpha / rank; 1.0 for a sparse-only adapter (rank 0)."""
+        return self.alpha / self.rank if self.rank else 1.0
+
+    # --- JSON round trip -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("targets", "modules_to_save"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DSEEConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown DSEEConfig key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DSEEConfig":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, directory: str | Path) -> Path:
+        from .io import atomic_write_text
+
+        path = Path(directory) / CONFIG_NAME
+        atomic_write_text(path, self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "DSEEConfig":
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a DSEE adapter directory")
+        try:
+            return cls.from_json(path.read_text())
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: {err}") from err
+

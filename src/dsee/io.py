@@ -1,0 +1,151 @@
+"""Adapter files: ``dsee_config.json`` + ``adapter_model.safetensors``, written atomically.
+
+The safetensors file holds, per adapted matrix, ``lora_A``, ``lora_B``, ``sparse_values`` and
+``sparse_indices`` (Ω, int64), plus the parameters of ``modules_to_save``: O(r·(d_in + d_out) + N)
+per matrix, never a dense S. Its metadata records the base model's type and the shapes of the
+adapted matrices, so loading onto another base model fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import CONFIG_NAME, DSEEConfig
+from .inject import adapter_state_dict, dsee_layers, inject, is_adapted, remove_dsee
+from .layer import linear_weight
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """A hash of the frozen weights the adapters sit on (Ω was chosen from them)."""
+    digest = hashlib.sha256()
+    for name, layer in dsee_layers(model):
+        digest.update(name.encode())
+        digest.update(linear_weight(layer.base_layer).detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Save the adapter of ``model`` to ``directory`` (created if needed); returns the directory."""
+    state = getattr(model, "dsee_state", None)
+    if state is None:
+        raise ValueError("save_adapter: this model has no DSEE adapters")
+    directory = Path(directory)
+    tensors = adapter_state_dict(model)
+    model_config = getattr(model, "config", None)
+    metadata = {
+        "format": "dsee-adapter-1",
+        "model_type": str(getattr(model_config, "model_type", type(model).__name__)),
+        "model_class": type(model).__name__,
+        "targets_matched": json.dumps(list(state.targets_matched)),
+        "modules_to_save": json.dumps(list(state.modules_to_save)),
+        "base_fingerprint": base_fingerprint(model),
+    }
+    atomic_save_safetensors(tensors, directory / WEIGHTS_NAME, metadata)
+    state.config.save(directory)
+    return directory
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Load an adapter saved by ``save_adapter`` into ``model`` (in place) and return it.
+
+    ``model`` may be a bare base model (the adapters are added first, with the saved config and
+    the saved Ω: no support selection runs) or a model already given ``add_dsee`` with the same
+    config. Raises ValueError, leaving the model as it was, when the file belongs to another base
+    model or config (missing keys, other shapes).
+    """
+    directory = Path(directory)
+    config = DSEEConfig.load(directory)
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        saved = {key: f.get_tensor(key) for key in f.keys()}
+
+    added_here = not is_adapted(model)
+    if added_here:
+        inject(model, config, select_support=False)
+    elif model.dsee_state.config != config:
+        raise ValueError(
+            f"{directory}: the adapter's config {config.to_dict()} differs from the model's "
+            f"{model.dsee_state.config.to_dict()}"
+        )
+    try:
+        expected = adapter_state_dict(model)
+        problems = []
+        for key in sorted(set(expected) - set(saved)):
+            problems.append(f"missing {key}")
+        for key in sorted(set(saved) - set(expected)):
+            problems.append(f"unexpected {key}")
+        for key in sorted(set(saved) & set(expected)):
+            if saved[key].shape != expected[key].shape:
+                problems.append(f"{key}: saved {tuple(saved[key].shape)}, model {tuple(expected[key].shape)}")
+        if problems:
+            shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
+            raise ValueError(
+                f"{path} does not fit this model (saved for model type {metadata.get('model_type', '?')}): {shown}"
+            )
+        for key, index in saved.items():
+            if key.endswith(".sparse_indices"):
+                numel = int(expected[key.replace("sparse_indices", "lora_A")].shape[1]) * int(
+                    expected[key.replace("sparse_indices", "lora_B")].shape[0]
+                )
+                if index.numel() and (int(index.min()) < 0 or int(index.max()) >= numel or index.unique().numel() != index.numel()):
+                    raise ValueError(f"{path}: {key} holds indices outside the matrix or repeated")
+    except Exception:
+        if added_here:
+            remove_dsee(model)
+        raise
+    with torch.no_grad():
+        for key, tensor in expected.items():
+            tensor.copy_(saved[key].to(tensor.dtype))
+    fingerprint = metadata.get("base_fingerprint")
+    if fingerprint and fingerprint != base_fingerprint(model):
+        warnings.warn(
+            f"{directory}: the base weights differ from those the adapter was trained on "
+            f"(fingerprint {fingerprint} vs {base_fingerprint(model)}); outputs will differ",
+            stacklevel=2,
+        )
+    return model
+
+
+__all__ = ["save_adapter", "load_adapter", "atomic_write_text", "WEIGHTS_NAME", "CONFIG_NAME"]

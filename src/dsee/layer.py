@@ -1,0 +1,227 @@
+"""The DSEE adapter layer: a frozen linear map plus ΔW = s·(B·A + S) (paper §3.1).
+
+         x ──► W0 (frozen) ─────────────────────────┐
+         │                                           ▼
+         └──► dropout ──► A (r×in) ──► B (out×r) ──► + ──► y
+                       └─► S (N entries at Ω) ───────┘        (both branches scaled by s)
+
+    y = x·W0ᵀ + b + s·(x·Aᵀ·Bᵀ + x·Sᵀ)
+
+S is never a dense d_out × d_in tensor: its N values sit at fixed flat indices Ω (chosen from W0
+before training), and x·Sᵀ is a gather of N input columns and a scatter-add into N output rows.
+
+A fused projection (GPT-2's ``c_attn``, DeBERTa's ``in_proj``) holds q, k and v in one matrix.
+``DSEELinear`` then carries one ``SparseLowRankDelta`` per adapted slice, each with its own
+factors and its own support, added into that slice's output rows only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # GPT-2's Conv1D: y = x·W + b with W stored (in × out), i.e. loralib's fan_in_fan_out
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a dependency
+    Conv1D = ()  # type: ignore[assignment]
+
+LINEAR_TYPES = (nn.Linear, Conv1D)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(d_out, d_in) of an ``nn.Linear`` or a ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, Conv1D):
+        return module.nf, module.weight.shape[0]
+    raise TypeError(f"not a linear layer: {type(module).__name__}")
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as (d_out, d_in), a view for ``Conv1D`` (whose storage is in × out)."""
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+class SparseLowRankDelta(nn.Module):
+    """ΔW = s·(B·A + S) for one (d_out × d_in) matrix, applied to an input.
+
+    Parameters (the only trainable tensors):
+        lora_A: (r, d_in)    lora_B: (d_out, r)    sparse_values: (N,)
+    Buffer:
+        sparse_indices: (N,) int64 flat row-major indices into the (d_out, d_in) matrix: Ω.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        num_sparse: int,
+        scaling: float,
+        dropout: float = 0.0,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.scaling = scaling
+        factory = {"device": device, "dtype": dtype}
+        self.lora_A = nn.Parameter(torch.zeros(rank, in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, **factory))
+        self.sparse_values = nn.Parameter(torch.zeros(num_sparse, **factory))
+        self.register_buffer("sparse_indices", torch.zeros(num_sparse, dtype=torch.long, device=device))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @property
+    def rank(self) -> int:
+        return self.lora_A.shape[0]
+
+    @property
+    def num_sparse(self) -> int:
+        return self.sparse_values.shape[0]
+
+    def reset_parameters(self, init: str, generator: torch.Generator | None = None) -> None:
+        """A: Kaiming-uniform as in LoRA/PEFT. B and S: zero ("zero") or N(0, 0.02²) ("upstream")."""
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.lora_A, a=5**0.5, generator=generator)
+            if init == "upstream":
+                nn.init.normal_(self.lora_B, std=0.02, generator=generator)
+                nn.init.normal_(self.sparse_values, std=0.02, generator=generator)
+            else:
+                self.lora_B.zero_()
+                self.sparse_values.zero_()
+
+    def sparse_coordinates(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) of Ω, each (N,)."""
+        rows = torch.div(self.sparse_indices, self.in_features, rounding_mode="floor")
+        return rows, self.sparse_indices - rows * self.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., d_in) -> s·(x·Aᵀ·Bᵀ + x·Sᵀ): (..., d_out)."""
+        x = self.dropout(x)
+        out = F.linear(F.linear(x, self.lora_A), self.lora_B)  # (..., d_out)
+        if self.num_sparse:
+            rows, cols = self.sparse_coordinates()
+            # x·Sᵀ with S = Σ_i v_i·e_{row_i}·e_{col_i}ᵀ: gather N inputs, scatter-add N outputs.
+            # In place on a fresh matmul output, so no extra (..., d_out) activation is kept.
+            out.index_add_(-1, rows, (x[..., cols] * self.sparse_values).to(out.dtype))  # source: (..., N)
+        return out * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        """Dense ΔW = s·(B·A + S), shape (d_out, d_in); for merging and analysis only."""
+        delta = self.lora_B @ self.lora_A
+        if self.num_sparse:
+            delta = delta.flatten().index_add(0, self.sparse_indices, self.sparse_values)
+            delta = delta.view(self.out_features, self.in_features)
+        return delta * self.scaling
+
+
+class DSEELinear(nn.Module):
+    """A frozen ``nn.Linear`` / ``Conv1D`` with DSEE updates on all its output rows or on slices.
+
+    Args:
+        base_layer: the pre-trained layer; kept as is (its parameters are frozen by ``add_dsee``).
+        slices: ``{name: rows}``, rows a LongTensor of output rows the update adds into, or None for
+            all rows. The update for slice ``name`` is the child ``dsee_<name>``; a plain
+            (non-fused) layer has one slice called "" whose update is the child ``dsee``, and
+            then ``lora_A``, ``lora_B``, ``sparse_values`` and ``sparse_indices`` are also
+            attributes of this layer.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        slices: dict[str, torch.Tensor | None],
+        rank: int,
+        num_sparse: int,
+        scaling: float,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        d_out, d_in = linear_shape(base_layer)
+        weight = base_layer.weight
+        self.slice_names = tuple(slices)
+        for name, rows in slices.items():
+            rows_out = d_out if rows is None else len(rows)
+            delta = SparseLowRankDelta(
+                d_in, rows_out, rank, num_sparse, scaling, dropout, device=weight.device, dtype=weight.dtype
+            )
+            self.add_module(self.delta_name(name), delta)
+            # the rows are a property of the architecture, not of the adapter: not saved
+            self.register_buffer(self.rows_name(name), None if rows is None else rows.to(weight.device), persistent=False)
+
+    @staticmethod
+    def delta_name(slice_name: str) -> str:
+        return f"dsee_{slice_name}" if slice_name else "dsee"
+
+    @staticmethod
+    def rows_name(slice_name: str) -> str:
+        return f"rows_{slice_name}" if slice_name else "rows"
+
+    def deltas(self) -> list[tuple[str, SparseLowRankDelta, torch.Tensor | None]]:
+        """[(slice name, update, rows or None)] for every adapted slice."""
+        return [(n, getattr(self, self.delta_name(n)), getattr(self, self.rows_name(n))) for n in self.slice_names]
+
+    # --- the frozen layer's attributes, for model code that reads them (e.g. DeBERTa's in_proj.weight)
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    # --- the single update of a plain layer, as attributes of the layer itself
+    def _single(self) -> SparseLowRankDelta:
+        if self.slice_names != ("",):
+            raise AttributeError(
+                f"this DSEELinear adapts the fused slices {self.slice_names}: use layer.dsee_<slice>.lora_A etc."
+            )
+        return self.dsee
+
+    @property
+    def lora_A(self) -> nn.Parameter:
+        return self._single().lora_A
+
+    @property
+    def lora_B(self) -> nn.Parameter:
+        return self._single().lora_B
+
+    @property
+    def sparse_values(self) -> nn.Parameter:
+        return self._single().sparse_values
+
+    @property
+    def sparse_indices(self) -> torch.Tensor:
+        return self._single().sparse_indices
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """x: (..., d_in) -> (..., d_out)."""
+        y = self.base_layer(x, *args, **kwargs)
+        for _, delta, rows in self.deltas():
+            update = delta(x)  # (..., len(rows)) or (..., d_out)
+            update = update.to(y.dtype)
+            y = y + update if rows is None else y.index_add(-1, rows, update)
+        return y
+
+    @torch.no_grad()
+    def merged_base_layer(self) -> nn.Module:
+        """Fold every ΔW into the base weight (in place) and return the base layer."""
+        weight = linear_weight(self.base_layer)  # (d_out, d_in), a view for Conv1D
+        for _, delta, rows in self.deltas():
+            update = delta.delta_weight().to(weight.dtype)
+            if rows is None:
+                weight += update
+            else:
+                weight.index_add_(0, rows, update)
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        d_out, d_in = linear_shape(self.base_layer)
+        first = self.deltas()[0][1]
+        slices = ",".join(self.slice_names) if self.slice_names != ("",) else "all"
+        return f"in={d_in}, out={d_out}, slices={slices}, rank={first.rank}, num_sparse={first.num_sparse}"
