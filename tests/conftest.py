@@ -1,0 +1,84 @@
+"""Tiny randomly initialised models of every supported architecture, built from config objects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+ARCHS = ("bert", "roberta", "mpnet", "deberta", "deberta-v2", "gpt2", "llama")
+
+_COMMON = dict(vocab_size=101, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+_NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_config(arch: str):
+    if arch == "bert":
+        return T.BertConfig(**_COMMON, **_NO_DROPOUT)
+    if arch == "roberta":
+        return T.RobertaConfig(**_COMMON, **_NO_DROPOUT, pad_token_id=1)
+    if arch == "mpnet":
+        return T.MPNetConfig(**_COMMON, **_NO_DROPOUT)
+    if arch == "deberta":
+        return T.DebertaConfig(**_COMMON, **_NO_DROPOUT)
+    if arch == "deberta-v2":
+        return T.DebertaV2Config(**_COMMON, **_NO_DROPOUT)
+    if arch == "gpt2":
+        return T.GPT2Config(vocab_size=101, n_embd=48, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    if arch == "llama":  # grouped-query attention: 4 query heads share 2 key/value heads
+        return T.LlamaConfig(**_COMMON, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                             bos_token_id=0, eos_token_id=0)
+    raise KeyError(arch)
+
+
+def tiny_classifier(arch: str, seed: int = 0, num_labels: int = 3):
+    torch.manual_seed(seed)
+    config = tiny_config(arch)
+    config.num_labels = num_labels
+    return T.AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def tiny_causal_lm(arch: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return T.AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+
+
+def batch(seed: int = 0, size: int = 3, length: int = 11) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 101, (size, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0  # some padding, so masked positions are exercised
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def randomize_adapters(model, seed: int = 1, scale: float = 0.05) -> None:
+    """Give B and S non-zero values, as training would, so that ΔW matters."""
+    from dsee.inject import dsee_layers
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in dsee_layers(model):
+            for _, delta, _ in layer.deltas():
+                delta.lora_B.copy_(torch.randn(delta.lora_B.shape, generator=g) * scale)
+                delta.sparse_values.copy_(torch.randn(delta.sparse_values.shape, generator=g) * scale * 10)
+
+
+def shared_data_dir() -> Path | None:
+    """The shared GLUE/E2E data: $DSEE_DATA_DIR, else ../shared/data beside the repository."""
+    env = os.environ.get("DSEE_DATA_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
