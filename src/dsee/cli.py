@@ -60,6 +60,60 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune on a GLUE task or the user's own data; print the dev score and the trainable share."""
+    from .train.loop import train
+    from .train.run import RunConfig
+
+    adapter = None if args.method == "full" else config_from_args(args).to_dict()
+    columns = [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None
+    config = RunConfig(
+        out=args.out, model=args.model, task=args.task, data_dir=args.data_dir, train_file=args.train_file,
+        validation_file=args.validation_file, text_columns=columns, label_column=args.label_column,
+        task_type=args.task_type, max_length=args.max_length, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, method=args.method, adapter=adapter, lr=args.lr,
+        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm or None, seed=args.seed, eval_steps=args.eval_steps,
+        eval_per_epoch=not args.no_eval_per_epoch, mixed_precision=args.mixed_precision,
+    )
+    metrics = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)
+    print(format_train_summary(metrics))
+    return 0
+
+
+def format_train_summary(metrics: dict) -> str:
+    dev = metrics["dev"].get(metrics["selection_split"], {})
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items() if k != "loss")
+    return (
+        f"{metrics['task']} · {metrics['method']} · {metrics['model']}\n"
+        f"dev ({metrics['selection_split']}, best step {metrics['best_step']}): {shown}\n"
+        f"trainable: {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
+        f"({100 * metrics['trainable_share']:.3f}%) · wall time {metrics['wall_seconds']:.0f} s · "
+        f"{metrics['train_examples_per_second']:.1f} training examples/s"
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Re-compute the dev metrics of a saved run from its kept checkpoint."""
+    import json
+    from pathlib import Path
+
+    from .train.loop import evaluate_run
+
+    results = evaluate_run(args.run, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples)
+    saved_path = Path(args.run) / "metrics.json"
+    saved = json.loads(saved_path.read_text())["dev"] if saved_path.is_file() else {}
+    for split, metrics in results.items():
+        for name, value in metrics.items():
+            before = saved.get(split, {}).get(name)
+            note = f"   (metrics.json: {before:.4f})" if isinstance(before, float) else ""
+            print(f"{split:24s} {name:22s} {value:.4f}{note}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsee", description="DSEE: sparse + low-rank efficient tuning of transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +123,48 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", default=None, help="save the (untrained) adapter to this directory")
     add_adapter_arguments(adapt)
     adapt.set_defaults(func=cmd_adapt)
+
+    tr = sub.add_parser("train", help="fine-tune with DSEE, LoRA or full fine-tuning and keep the best dev checkpoint")
+    tr.add_argument("--out", required=True, help="run directory")
+    tr.add_argument("--model", default=None, help="Hub id or local path (default: the embedded all-MiniLM-L6-v2)")
+    tr.add_argument("--method", choices=("dsee", "lora", "full"), default="dsee",
+                    help="dsee (default), lora (DSEE with N = 0) or full fine-tuning")
+    data = tr.add_argument_group("data")
+    data.add_argument("--task", default=None, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
+    data.add_argument("--data-dir", default=None, help="folder with the GLUE task folders (default: the Hub)")
+    data.add_argument("--train-file", default=None, help="your own data: CSV, TSV or JSON Lines")
+    data.add_argument("--validation-file", default=None)
+    data.add_argument("--text-columns", default=None, help="a or a,b")
+    data.add_argument("--label-column", default=None)
+    data.add_argument("--task-type", choices=("classification", "regression"), default=None,
+                      help="default: detected from the labels")
+    data.add_argument("--max-length", type=int, default=128)
+    data.add_argument("--max-train-samples", type=int, default=None)
+    data.add_argument("--max-eval-samples", type=int, default=None)
+    opt = tr.add_argument_group("optimisation")
+    opt.add_argument("--lr", type=float, default=None, help="default 5e-4 (dsee, lora), 5e-5 (full)")
+    opt.add_argument("--epochs", type=float, default=3.0)
+    opt.add_argument("--batch-size", type=int, default=32)
+    opt.add_argument("--eval-batch-size", type=int, default=64)
+    opt.add_argument("--grad-accum", type=int, default=1)
+    opt.add_argument("--warmup-ratio", type=float, default=0.0)
+    opt.add_argument("--weight-decay", type=float, default=0.0)
+    opt.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
+    opt.add_argument("--eval-steps", type=int, default=0, help="evaluate and checkpoint every K steps")
+    opt.add_argument("--no-eval-per-epoch", action="store_true")
+    opt.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_adapter_arguments(tr)
+    tr.set_defaults(func=cmd_train, seed=42)
+
+    ev = sub.add_parser("eval", help="re-compute the dev metrics of a saved run")
+    ev.add_argument("run")
+    ev.add_argument("--data-dir", default=None, help="override the run's data folder")
+    ev.add_argument("--max-eval-samples", type=int, default=None)
+    ev.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -77,6 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"dsee {args.command}: error: {err}", file=sys.stderr)
         return 2

