@@ -143,3 +143,36 @@ def test_regression_on_stsb(tmp_path, tiny_model_dir):
                               adapter={"rank": 2, "num_sparse": 4}), show_progress=False)
     assert metrics["main_metric"] == "combined"
     assert set(metrics["dev"]["validation"]) == {"pearson", "spearman", "combined", "loss"}
+
+
+def test_two_processes_end_identical_and_write_one_run(tmp_path, tiny_model_dir, csv_data):
+    """Distributed data parallel on two CPU processes (gloo) under torchrun, through Accelerate."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    states = tmp_path / "states"
+    states.mkdir()
+    config = _config(run, tiny_model_dir, csv_data, epochs=1, eval_steps=0).to_dict()
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+         json.dumps(config), str(states)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(states / "rank0.pt")
+    b = torch.load(states / "rank1.pt")
+    assert a.keys() == b.keys() and len(a) > 0
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    # 256 examples, batch 16 per process, 2 processes: 8 optimizer steps in the epoch
+    assert metrics["steps"] == 8
+    assert len(read_eval_log(run)) == 1
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["adapter", "checkpoint.pt", "eval_log.jsonl", "labels.json", "metrics.json", "run_config.json"])

@@ -10,6 +10,7 @@ an interrupted run resumes (``--resume``) where it stopped.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -67,7 +68,10 @@ def make_accelerator(config: RunConfig):
     precision = config.mixed_precision
     if precision == "auto":  # mixed precision where the hardware has it
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=precision)
+    # Under torchrun on a machine without GPUs, Accelerate runs distributed (gloo) only when told
+    # it is on CPU: what `accelerate launch --cpu` would say.
+    cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=precision, cpu=cpu_only)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -116,8 +120,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, interrupt_after: int | None = None,
-          show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a training run; returns the final metrics (also in RUN/metrics.json)."""
+          show_progress: bool = True, return_model: bool = False):
+    """Run (or resume) a training run; returns the final metrics (also in RUN/metrics.json), and
+    with ``return_model`` also this process's model as it ended training (not the kept one)."""
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -302,7 +307,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
         save_json(run / METRICS, metrics)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return metrics
+    return (metrics, unwrapped) if return_model else metrics
 
 
 def evaluate_run(run: str | Path, data_dir: str | None = None, max_eval_samples: int | None = None,
