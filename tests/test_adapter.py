@@ -208,3 +208,12 @@ def test_bfloat16_forward_and_merge(arch_name):
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     merge_dsee(model)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch_name, heads", [("bert", ("classifier",)), ("deberta", ("pooler", "classifier")),
+                                              ("deberta-v2", ("pooler", "classifier")), ("gpt2", ("score",))])
+def test_default_modules_to_save_are_the_new_head(arch_name, heads):
+    """DeBERTa's ContextPooler is part of the new classification head: frozen at random it would
+    make a saved adapter irreproducible, so it is trained and saved like the classifier."""
+    model = add_dsee(tiny_classifier(arch_name), SMALL)
+    assert model.dsee_state.modules_to_save == heads

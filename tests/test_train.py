@@ -176,3 +176,33 @@ def test_two_processes_end_identical_and_write_one_run(tmp_path, tiny_model_dir,
     assert len(read_eval_log(run)) == 1
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["adapter", "checkpoint.pt", "eval_log.jsonl", "labels.json", "metrics.json", "run_config.json"])
+
+
+@pytest.mark.parametrize("arch_name", ["roberta", "mpnet", "deberta", "deberta-v2", "gpt2", "llama"])
+def test_pipeline_on_other_architectures(arch_name, tmp_path, csv_data):
+    """Every supported architecture trains, keeps its best adapter and re-evaluates to the same score."""
+    import transformers as T
+
+    from dsee.models import default_model_path
+
+    if arch_name in ("gpt2", "llama"):  # decoders: a byte-level BPE tokenizer without a padding token
+        data = shared_data_dir()
+        if data is None:
+            pytest.skip("the GPT-2 vocabulary comes from the shared data folder")
+        tokenizer = T.GPT2Tokenizer(vocab=str(data / "gpt2-bpe" / "encoder.json"),
+                                    merges=str(data / "gpt2-bpe" / "vocab.bpe"))
+        assert len(tokenizer) == 50257
+        assert tokenizer.pad_token is None
+    else:
+        tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
+    config = tiny_config(arch_name)
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    T.AutoModel.from_config(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    run = tmp_path / "run"
+    metrics = train(_config(run, str(model_dir), csv_data, epochs=1, eval_steps=0), show_progress=False)
+    assert metrics["steps"] == 16 and metrics["score"] is not None
+    again = evaluate_run(run)
+    assert again["validation"]["accuracy"] == pytest.approx(metrics["dev"]["validation"]["accuracy"])

@@ -38,10 +38,17 @@ class FusedLayout:
         return (heads + part * head_dim + torch.arange(head_dim)).flatten()  # (H·head_dim,)
 
 
+# heads trained in full by default for sequence classification (PEFT's choice as well)
+HEAD_NAMES = ("classifier", "score")
+
+
 @dataclass(frozen=True)
 class Architecture:
     targets: tuple[str, ...] = ()
     fused: FusedLayout | None = None
+    # top-level modules of a sequence-classification model that the checkpoint does not hold and
+    # that are therefore trained (and saved with the adapter) by default
+    heads: tuple[str, ...] = HEAD_NAMES
 
 
 _QV_PROJ = Architecture(targets=("q_proj", "v_proj"))
@@ -52,8 +59,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "electra": Architecture(targets=("attention.self.query", "attention.self.value")),
     "mpnet": Architecture(targets=("attn.q", "attn.v")),
     "distilbert": Architecture(targets=("attention.q_lin", "attention.v_lin")),
-    "deberta": Architecture(fused=FusedLayout("attention.self.in_proj", "per_head")),
-    "deberta-v2": Architecture(targets=("attention.self.query_proj", "attention.self.value_proj")),
+    # DeBERTa's ContextPooler belongs to the classification head: new, so trained like it
+    "deberta": Architecture(fused=FusedLayout("attention.self.in_proj", "per_head"), heads=("pooler", "classifier")),
+    "deberta-v2": Architecture(
+        targets=("attention.self.query_proj", "attention.self.value_proj"), heads=("pooler", "classifier")
+    ),
     "gpt2": Architecture(fused=FusedLayout("attn.c_attn", "blocks")),
     "llama": _QV_PROJ,
     "mistral": _QV_PROJ,
@@ -64,10 +74,6 @@ ARCHITECTURES: dict[str, Architecture] = {
     "phi3": Architecture(),  # fused qkv_proj of its own layout: give explicit targets
     "opt": _QV_PROJ,
 }
-
-# heads trained in full by default for sequence classification (PEFT's choice as well)
-HEAD_NAMES = ("classifier", "score")
-
 
 def architecture(model_type: str | None) -> Architecture | None:
     return ARCHITECTURES.get(model_type or "")

@@ -212,7 +212,9 @@ def resolve_targets(model: nn.Module, config: DSEEConfig, exclude: tuple[str, ..
 
 def resolve_modules_to_save(model: nn.Module, config: DSEEConfig) -> tuple[str, ...]:
     if config.modules_to_save is None:  # the task head of a classification model; nothing for an LM
-        return tuple(n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module))
+        arch = architecture(getattr(getattr(model, "config", None), "model_type", None))
+        heads = arch.heads if arch is not None else HEAD_NAMES
+        return tuple(n for n in heads if isinstance(getattr(model, n, None), nn.Module))
     names = [n for n, _ in model.named_modules() if n]
     found: list[str] = []
     for wanted in config.modules_to_save:

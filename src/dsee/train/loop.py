@@ -143,7 +143,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
     model_path = resolve_model(config.model)
     data = load_task_data(config)
     tokenizer = load_tokenizer(model_path)
-    model = build_model(config, data, model_path)
+    model = build_model(config, data, model_path, tokenizer)
     count = count_parameters(model)
     if main:
         save_json(run / LABELS, {"task_type": data.task_type, "label_list": data.label_list})
@@ -323,8 +323,8 @@ def evaluate_run(run: str | Path, data_dir: str | None = None, max_eval_samples:
     if max_eval_samples is not None:
         config.max_eval_samples = max_eval_samples
     data: TaskData = load_task_data(config, with_train=False)
-    model = load_trained_model(run, config, data)
     tokenizer = load_tokenizer(resolve_model(config.model))
+    model = load_trained_model(run, config, data, tokenizer)
     accelerator = Accelerator()
     model = accelerator.prepare(model)
     collate = Collator(tokenizer, data.task_type)

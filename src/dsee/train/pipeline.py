@@ -67,28 +67,38 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
-def build_model(config: RunConfig, data: TaskData, model_path: str | None = None) -> nn.Module:
-    """The base classifier with the run's method applied (adapters added, or all trainable)."""
+def base_classifier(model_path: str, data: TaskData, tokenizer=None) -> nn.Module:
+    """The classifier for this task's labels, before any method is applied.
+
+    With ``tokenizer``, the model's padding id is the tokenizer's: decoder classifiers (GPT-2,
+    Llama) read the score at the last non-padding token.
+    """
     kwargs = {"problem_type": "regression"} if data.task_type == "regression" else {}
     if data.label_list:
         kwargs["id2label"] = dict(enumerate(data.label_list))
         kwargs["label2id"] = {label: i for i, label in enumerate(data.label_list)}
-    model = load_sequence_classifier(model_path or resolve_model(config.model), num_labels=data.num_labels, **kwargs)
+    model = load_sequence_classifier(model_path, num_labels=data.num_labels, **kwargs)
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_model(config: RunConfig, data: TaskData, model_path: str | None = None, tokenizer=None) -> nn.Module:
+    """The base classifier with the run's method applied (adapters added, or all trainable)."""
+    model = base_classifier(model_path or resolve_model(config.model), data, tokenizer)
     dsee_config = config.dsee_config()
     if dsee_config is not None:
         add_dsee(model, dsee_config)
     return model
 
 
-def load_trained_model(run: str | Path, config: RunConfig, data: TaskData) -> nn.Module:
+def load_trained_model(run: str | Path, config: RunConfig, data: TaskData, tokenizer=None) -> nn.Module:
     """The kept (best dev) model of a finished or interrupted run."""
     run = Path(run)
+    saved = run / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
+    if not saved.is_dir():
+        raise FileNotFoundError(f"{run}: no kept checkpoint yet ({saved.name}/)")
     if config.method == "full":
-        if not (run / MODEL_DIR).is_dir():
-            raise FileNotFoundError(f"{run}: no saved model yet ({MODEL_DIR}/)")
-        return load_sequence_classifier(str(run / MODEL_DIR), num_labels=data.num_labels).eval()
-    if not (run / ADAPTER_DIR).is_dir():
-        raise FileNotFoundError(f"{run}: no saved adapter yet ({ADAPTER_DIR}/)")
-    kwargs = {"problem_type": "regression"} if data.task_type == "regression" else {}
-    model = load_sequence_classifier(resolve_model(config.model), num_labels=data.num_labels, **kwargs)
-    return load_adapter(model, run / ADAPTER_DIR).eval()
+        return base_classifier(str(saved), data, tokenizer).eval()
+    model = base_classifier(resolve_model(config.model), data, tokenizer)
+    return load_adapter(model, saved).eval()
