@@ -27,6 +27,15 @@ def _as_tuple(value: Any, name: str) -> tuple[str, ...] | None:
     return items
 
 
+def dataclass_from_dict(cls: type, data: dict[str, Any]):
+    """``cls(**data)``, but an unknown key is an error that names it (not a TypeError)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; known keys: {sorted(known)}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class DSEEConfig:
     """Configuration of a DSEE adapter.
@@ -97,11 +106,7 @@ class DSEEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DSEEConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DSEEConfig key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..config import DSEEConfig
+from ..config import DSEEConfig, dataclass_from_dict
 from ..io import atomic_write_text
 
 METHODS = ("dsee", "lora", "full")
@@ -128,11 +128,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown run setting(s) {unknown}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
 
 def save_json(path: Path, data: Any) -> None:
