@@ -132,6 +132,7 @@ def test_bad_data_names_file_and_line(tmp_path, tiny_model_dir, csv_data, capsys
     assert code == 2
     err = capsys.readouterr().err
     assert "dev.csv" in err and "line 3" in err and "meh" in err
+    assert not (tmp_path / "run").exists()  # nothing half-written
 
 
 def test_regression_on_stsb(tmp_path, tiny_model_dir):

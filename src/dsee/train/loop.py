@@ -37,7 +37,8 @@ from .run import (
     RunConfig,
     append_eval_log,
     atomic_directory,
-    prepare_run_directory,
+    create_run_directory,
+    resolve_run,
     save_json,
     truncate_eval_log,
 )
@@ -129,24 +130,22 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
 
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
-    if main:
-        config = prepare_run_directory(config, resume, overwrite)
-    accelerator.wait_for_everyone()
-    if not main and resume:
-        from .run import load_run_config
-
-        config = load_run_config(config.out)
+    if main or resume:  # read-only checks; nothing is written until data and model have loaded
+        config = resolve_run(config, resume, overwrite)
     run = Path(config.out)
     set_seed(config.seed)
     wall_start = time.perf_counter()
 
     model_path = resolve_model(config.model)
-    data = load_task_data(config)
+    data = load_task_data(config)  # bad data fails here, before the run directory exists
     tokenizer = load_tokenizer(model_path)
     model = build_model(config, data, model_path, tokenizer)
     count = count_parameters(model)
     if main:
+        if not resume:
+            create_run_directory(config, overwrite)
         save_json(run / LABELS, {"task_type": data.task_type, "label_list": data.label_list})
+    accelerator.wait_for_everyone()
 
     collate = Collator(tokenizer, data.task_type)
     train_examples = encode(data.train, tokenizer, config.max_length)

@@ -142,8 +142,8 @@ def load_run_config(run: str | Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(path.read_text()))
 
 
-def prepare_run_directory(config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
-    """Create RUN for a new run, or return the saved config of a run to resume.
+def resolve_run(config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
+    """Check RUN before anything is written: the saved config of a run to resume, or ``config``.
 
     A new run refuses a non-empty directory unless ``overwrite``; ``resume`` takes the saved
     configuration (the flags given this time are not used) and needs a checkpoint.
@@ -151,17 +151,24 @@ def prepare_run_directory(config: RunConfig, resume: bool, overwrite: bool) -> R
     run = Path(config.out)
     if resume:
         saved = load_run_config(run)
-        if not (run / CHECKPOINT).is_file() and not (run / METRICS).is_file():
+        if not (run / CHECKPOINT).is_file():
             raise FileNotFoundError(f"{run}: nothing to resume (no {CHECKPOINT})")
         saved.out = config.out
         return saved
+    if run.exists() and any(run.iterdir()) and not overwrite:
+        raise FileExistsError(f"{run} exists and is not empty: use --resume to continue it or --overwrite")
+    return config
+
+
+def create_run_directory(config: RunConfig, overwrite: bool) -> None:
+    """Make RUN (emptied first with ``overwrite``) and write its run_config.json."""
+    run = Path(config.out)
     if run.exists() and any(run.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{run} exists and is not empty: use --resume to continue it or --overwrite")
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     save_json(run / RUN_CONFIG, config.to_dict())
-    return config
 
 
 @contextmanager

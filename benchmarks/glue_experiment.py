@@ -1,0 +1,195 @@
+"""GLUE experiment: full fine-tuning vs LoRA vs DSEE (and DSEE's support-selection ablation).
+
+For every task, method, learning rate and seed, one `dsee.train` run (same loop, same epochs, same
+batches for every method). The learning rate of each (task, method) is the one with the best mean
+dev score over seeds; the table reports mean ± std over seeds at that rate, trainable parameters,
+wall time per run and training throughput. Runs already finished are skipped and interrupted ones
+resume, so the script can be stopped and started again.
+
+    python benchmarks/glue_experiment.py --data-dir ../shared/data/glue --out runs/glue
+
+Writes a Markdown table and a PNG plot to `--report-dir` (glue_results.md, glue_results.png) and
+appends the aggregated numbers to benchmarks/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import record  # noqa: E402
+
+from dsee.train.loop import train  # noqa: E402
+from dsee.train.run import METRICS, RunConfig  # noqa: E402
+
+# method name -> (training method, DSEE settings)
+METHODS = {
+    "full": ("full", None),
+    "lora": ("lora", {"rank": 16, "alpha": 32, "num_sparse": 0}),
+    "dsee": ("dsee", {"rank": 16, "alpha": 32, "num_sparse": 64, "sparse_method": "grebsmo"}),
+    "dsee-magnitude": ("dsee", {"rank": 16, "alpha": 32, "num_sparse": 64, "sparse_method": "magnitude"}),
+    "dsee-random": ("dsee", {"rank": 16, "alpha": 32, "num_sparse": 64, "sparse_method": "random"}),
+}
+TASK_LABEL = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA", "sst2": "SST-2"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="folder with the GLUE task folders")
+    p.add_argument("--out", default="runs/glue", help="where the run directories go")
+    p.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")
+    p.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--lrs-adapter", default="5e-4,1e-3", help="learning rates searched for lora and dsee")
+    p.add_argument("--lrs-full", default="5e-5,1e-4", help="learning rates searched for full fine-tuning")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-train-samples", default="sst2=8000", help="per task, e.g. sst2=8000,cola=4000")
+    p.add_argument("--report-only", action="store_true", help="aggregate the finished runs, train nothing")
+    p.add_argument("--report-dir", default=str(Path(__file__).resolve().parent),
+                   help="where glue_results.md and glue_results.png go (default: benchmarks/)")
+    return p.parse_args(argv)
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def run_dir(out: Path, task: str, method: str, lr: float, seed: int) -> Path:
+    return out / task / method / f"lr{lr:g}" / f"seed{seed}"
+
+
+def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str, int]) -> dict | None:
+    path = run_dir(Path(args.out), task, method, lr, seed)
+    if (path / METRICS).is_file():
+        return json.loads((path / METRICS).read_text())
+    if args.report_only:
+        return None
+    kind, adapter = METHODS[method]
+    config = RunConfig(out=str(path), model=args.model, task=task, data_dir=args.data_dir, method=kind,
+                       adapter=dict(adapter, seed=seed) if adapter else None, lr=lr, epochs=args.epochs,
+                       batch_size=args.batch_size, max_length=args.max_length, seed=seed,
+                       max_train_samples=limits.get(task))
+    resume = (path / "checkpoint.pt").is_file()
+    print(f"\n=== {task} {method} lr={lr:g} seed={seed}{' (resuming)' if resume else ''}", flush=True)
+    return train(config, resume=resume, overwrite=not resume)
+
+
+def aggregate(results: dict, tasks: list[str], methods: list[str]) -> dict:
+    """Per (task, method): the lr with the best mean score, and mean/std over seeds at that lr."""
+    table = {}
+    for task in tasks:
+        for method in methods:
+            by_lr = results.get((task, method), {})
+            scored = {lr: [m["score"] for m in runs] for lr, runs in by_lr.items() if runs}
+            if not scored:
+                continue
+            best_lr = max(scored, key=lambda lr: statistics.mean(scored[lr]))
+            runs = by_lr[best_lr]
+            scores = [100 * m["score"] for m in runs]
+            table[task, method] = {
+                "lr": best_lr,
+                "mean": statistics.mean(scores),
+                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "seeds": len(scores),
+                "trainable": runs[0]["trainable_parameters"],
+                "share": runs[0]["trainable_share"],
+                "wall_s": statistics.mean(m["wall_seconds"] for m in runs),
+                "ex_per_s": statistics.mean(m["train_examples_per_second"] for m in runs),
+                "metric": runs[0]["main_metric"],
+            }
+    return table
+
+
+def markdown(table: dict, tasks: list[str], methods: list[str]) -> str:
+    head = "| method | trainable | " + " | ".join(TASK_LABEL.get(t, t) for t in tasks) + " | average | s/run | train ex/s |"
+    lines = [head, "|" + "---|" * (len(tasks) + 5)]
+    for method in methods:
+        cells, means, walls, speeds, share = [], [], [], [], None
+        for task in tasks:
+            r = table.get((task, method))
+            if r is None:
+                cells.append("–")
+                continue
+            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}")
+            means.append(r["mean"])
+            walls.append(r["wall_s"])
+            speeds.append(r["ex_per_s"])
+            share = r["share"]
+        avg = f"{statistics.mean(means):.1f}" if len(means) == len(tasks) else "–"
+        share_text = f"{100 * share:.2f}%" if share is not None else "–"
+        wall = f"{statistics.mean(walls):.0f}" if walls else "–"
+        speed = f"{statistics.mean(speeds):.0f}" if speeds else "–"
+        lines.append(f"| {method} | {share_text} | " + " | ".join(cells) + f" | {avg} | {wall} | {speed} |")
+    metrics = ", ".join(f"{TASK_LABEL.get(t, t)}: {next(r['metric'] for (tt, _), r in table.items() if tt == t)}"
+                        for t in tasks if any(tt == t for tt, _ in table))
+    lrs = "; ".join(f"{TASK_LABEL.get(t, t)} {m} {table[t, m]['lr']:g}" for t in tasks for m in methods if (t, m) in table)
+    return "\n".join(lines) + f"\n\nMetrics (×100): {metrics}.\nChosen learning rates: {lrs}.\n"
+
+
+def plot(table: dict, tasks: list[str], methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.8 * len(tasks) + 2, 4))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        xs, ys, es = [], [], []
+        for j, task in enumerate(tasks):
+            r = table.get((task, method))
+            if r:
+                xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                ys.append(r["mean"])
+                es.append(r["std"])
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=method)
+    ax.set_xticks(range(len(tasks)), [TASK_LABEL.get(t, t) for t in tasks])
+    ax.set_ylabel("dev score (×100, mean ± std over seeds)")
+    ax.set_title("all-MiniLM-L6-v2 on GLUE: full fine-tuning vs LoRA vs DSEE")
+    ax.legend(fontsize=8, ncol=len(methods))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tasks = args.tasks.split(",")
+    methods = args.methods.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    limits = {k: int(v) for k, v in (item.split("=") for item in args.max_train_samples.split(",") if item)}
+    start = time.perf_counter()
+    results: dict = {}
+    for seed in seeds:  # seed-major, so that a stopped experiment has every cell at fewer seeds
+        for task in tasks:
+            for method in methods:
+                for lr in floats(args.lrs_full if method == "full" else args.lrs_adapter):
+                    metrics = run_one(args, task, method, lr, seed, limits)
+                    if metrics is not None:
+                        results.setdefault((task, method), {}).setdefault(lr, []).append(metrics)
+    table = aggregate(results, tasks, methods)
+    text = markdown(table, tasks, methods)
+    report = Path(args.report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "glue_results.md").write_text(text)
+    plot(table, tasks, methods, report / "glue_results.png")
+    print(text)
+    record("glue_experiment", {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("report_only",)},
+        "cells": {f"{t}/{m}": r for (t, m), r in table.items()},
+        "hours": (time.perf_counter() - start) / 3600,
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
