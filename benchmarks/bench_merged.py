@@ -11,7 +11,7 @@ a batch of random token ids (default 8 × 128), forward passes under ``torch.inf
   (asserted), and must give the unmerged model's logits (checked).
 
 The three are measured INTERLEAVED: ``--rounds`` rounds of ``--passes`` timed forwards per model,
-the order rotated every round. Reported: median latency per model and the ratios; merged / base
+the order changed every round (all 6 orders in turn). Reported: median latency per model and the ratios; merged / base
 should be 1.00 within noise.
 
     python benchmarks/bench_merged.py [--rounds 10] [--passes 3] [--batch-size 8] [--seq-len 128]
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import statistics
 import sys
@@ -35,6 +36,7 @@ from _record import CpuMeter, print_table, record  # noqa: E402
 from dsee import DSEEConfig, DSEELinear, add_dsee, merge_dsee  # noqa: E402
 
 MODELS = ("base", "merged", "unmerged")
+ORDERS = tuple(itertools.permutations(MODELS))  # every order in turn: each model follows each other equally often
 MERGED_BASE_TOLERANCE = 0.05  # "1.00 within noise": what this benchmark calls noise on a shared machine
 
 
@@ -120,8 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         times: dict[str, list[float]] = {m: [] for m in MODELS}
         meter = CpuMeter()
         for r in range(args.rounds):
-            order = MODELS[r % len(MODELS):] + MODELS[: r % len(MODELS)]
-            for name in order:
+            for name in ORDERS[r % len(ORDERS)]:
                 for _ in range(args.passes):
                     t0 = time.perf_counter()
                     models[name](**batch)

@@ -11,8 +11,9 @@ labels (default 8 × 128).
 - full: every parameter trained.
 
 Time: the three models are built once, then measured INTERLEAVED: for ``--rounds`` rounds, each
-method runs ``--steps`` timed steps in turn, the order rotated every round, so drifts of a shared,
-noisy machine hit all methods alike. Reported: the median step time per method, DSEE / LoRA
+method runs ``--steps`` timed steps in turn, the order changed every round (all 6 orders in 6
+rounds, so each method follows each other one equally often), so drifts of a shared, noisy
+machine hit all methods alike. Reported: the median step time per method, DSEE / LoRA
 (target <= 1.05) and full / LoRA.
 
 Memory: each method in its own fresh subprocess (``--memory-only METHOD``): peak RSS after imports,
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import resource
@@ -46,6 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import CpuMeter, print_table, record  # noqa: E402
 
 METHODS = ("dsee", "lora", "full")
+# Round r runs the methods in ORDERS[r % 6]: every order once per 6 rounds, so each method is
+# preceded equally often by each other one (a mere rotation would always run dsee right after full,
+# whose large frees leave the heap and caches in a different state than lora's).
+ORDERS = tuple(itertools.permutations(METHODS))
 TARGET_TIME_RATIO = 1.05
 TARGET_MEMORY_RATIO = 1.05
 
@@ -198,7 +204,7 @@ def _memory_run(method: str, args: argparse.Namespace, env_extra: dict[str, str]
 
 
 def measure_memory_in_subprocesses(args: argparse.Namespace) -> dict[str, dict[str, dict]]:
-    """{mode: {method: medians over runs, with the runs}}; runs interleaved, order rotated."""
+    """{mode: {method: medians over runs, with the runs}}; runs interleaved, order rotated per repeat."""
     out: dict[str, dict[str, dict]] = {}
     for mode, env_extra in ALLOCATOR_MODES.items():
         repeats = args.memory_repeats if mode == "default" else 1
@@ -236,8 +242,7 @@ def measure_time(args: argparse.Namespace) -> tuple[dict[str, list[float]], floa
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     meter = CpuMeter()
     for r in range(args.rounds):
-        order = METHODS[r % len(METHODS):] + METHODS[: r % len(METHODS)]
-        for method in order:
+        for method in ORDERS[r % len(ORDERS)]:
             model, optimizer = models[method]
             for _ in range(args.steps):
                 start = time.perf_counter()
