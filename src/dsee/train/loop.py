@@ -82,6 +82,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
+def make_eval_loaders(data: TaskData, tokenizer, max_length: int, batch_size: int, accelerator) -> dict:
+    """One loader per evaluation split, sharded over processes (gathered back in ``evaluate``)."""
+    collate = Collator(tokenizer, data.task_type)
+    return {
+        name: accelerator.prepare_data_loader(
+            DataLoader(encode(ds, tokenizer, max_length), batch_size=batch_size, collate_fn=collate)
+        )
+        for name, ds in data.evals.items()
+    }
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -149,12 +160,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
 
     collate = Collator(tokenizer, data.task_type)
     train_examples = encode(data.train, tokenizer, config.max_length)
-    eval_loaders = {
-        name: accelerator.prepare_data_loader(
-            DataLoader(encode(ds, tokenizer, config.max_length), batch_size=config.eval_batch_size, collate_fn=collate)
-        )
-        for name, ds in data.evals.items()
-    }
+    eval_loaders = make_eval_loaders(data, tokenizer, config.max_length, config.eval_batch_size, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -326,12 +332,5 @@ def evaluate_run(run: str | Path, data_dir: str | None = None, max_eval_samples:
     model = load_trained_model(run, config, data, tokenizer)
     accelerator = Accelerator()
     model = accelerator.prepare(model)
-    collate = Collator(tokenizer, data.task_type)
-    results = {}
-    for name, ds in data.evals.items():
-        loader = accelerator.prepare_data_loader(
-            DataLoader(encode(ds, tokenizer, config.max_length), batch_size=batch_size or config.eval_batch_size,
-                       collate_fn=collate)
-        )
-        results[name] = evaluate(model, loader, accelerator, data.metric_kind)
-    return results
+    loaders = make_eval_loaders(data, tokenizer, config.max_length, batch_size or config.eval_batch_size, accelerator)
+    return {name: evaluate(model, loader, accelerator, data.metric_kind) for name, loader in loaders.items()}

@@ -161,11 +161,12 @@ def resolve_run(config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
 
 
 def create_run_directory(config: RunConfig, overwrite: bool) -> None:
-    """Make RUN (emptied first with ``overwrite``) and write its run_config.json."""
+    """Make RUN (emptied first with ``overwrite``) and write its run_config.json.
+
+    Called after ``resolve_run`` has accepted RUN, so the emptiness check is not repeated here.
+    """
     run = Path(config.out)
-    if run.exists() and any(run.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{run} exists and is not empty: use --resume to continue it or --overwrite")
+    if overwrite and run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     save_json(run / RUN_CONFIG, config.to_dict())
