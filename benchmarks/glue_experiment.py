@@ -1,10 +1,15 @@
 """GLUE experiment: full fine-tuning vs LoRA vs DSEE (and DSEE's support-selection ablation).
 
-For every task, method, learning rate and seed, one `dsee.train` run (same loop, same epochs, same
-batches for every method). The learning rate of each (task, method) is the one with the best mean
-dev score over seeds; the table reports mean ± std over seeds at that rate, trainable parameters,
-wall time per run and training throughput. Runs already finished are skipped and interrupted ones
-resume, so the script can be stopped and started again.
+For every task and method, one `dsee.train` run per setting (same loop, same epochs, same batches
+for every method). The learning rate of each (task, method) is searched at the first seed: every
+rate of the method's grid is run at seed 0 and the best dev score picks the rate; the other seeds
+run at that rate only. The table reports mean ± std over seeds at the chosen rate, trainable
+parameters, wall time per run and training throughput.
+
+Each finished run is appended, with the git commit, date, machine and versions, to
+`benchmarks/glue_runs.jsonl` (committed), and a run found there with the same settings is not run
+again: the experiment can be stopped and continued later, even on another machine. A run stopped
+half-way resumes from its checkpoint in `--out`.
 
     python benchmarks/glue_experiment.py --data-dir ../shared/data/glue --out runs/glue
 
@@ -23,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _record import record  # noqa: E402
+from _record import HERE, record  # noqa: E402
 
 from dsee.train.loop import train  # noqa: E402
 from dsee.train.run import METRICS, RunConfig  # noqa: E402
@@ -36,6 +41,7 @@ METHODS = {
     "dsee-magnitude": ("dsee", {"rank": 16, "alpha": 32, "num_sparse": 64, "sparse_method": "magnitude"}),
     "dsee-random": ("dsee", {"rank": 16, "alpha": 32, "num_sparse": 64, "sparse_method": "random"}),
 }
+RUNS_PATH = HERE / "glue_runs.jsonl"
 TASK_LABEL = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA", "sst2": "SST-2"}
 
 
@@ -47,12 +53,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--lrs-adapter", default="5e-4,1e-3", help="learning rates searched for lora and dsee")
-    p.add_argument("--lrs-full", default="5e-5,1e-4", help="learning rates searched for full fine-tuning")
+    p.add_argument("--lrs-adapter", default="5e-4,1.5e-3", help="learning rates searched for lora and dsee")
+    p.add_argument("--lrs-full", default="3e-5,1e-4", help="learning rates searched for full fine-tuning")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-train-samples", default="sst2=8000", help="per task, e.g. sst2=8000,cola=4000")
+    p.add_argument("--max-train-samples", default="rte=2000,mrpc=2000,stsb=2000,cola=2000,sst2=2000",
+                   help="per task, e.g. sst2=8000,cola=4000; a task not named uses its whole training set")
+    p.add_argument("--runs-file", default=str(RUNS_PATH), help="finished runs, one JSON line each (appended)")
     p.add_argument("--report-only", action="store_true", help="aggregate the finished runs, train nothing")
     p.add_argument("--report-dir", default=str(Path(__file__).resolve().parent),
                    help="where glue_results.md and glue_results.png go (default: benchmarks/)")
@@ -67,36 +75,64 @@ def run_dir(out: Path, task: str, method: str, lr: float, seed: int) -> Path:
     return out / task / method / f"lr{lr:g}" / f"seed{seed}"
 
 
-def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str, int]) -> dict | None:
-    path = run_dir(Path(args.out), task, method, lr, seed)
-    if (path / METRICS).is_file():
-        return json.loads((path / METRICS).read_text())
+def settings_key(args, task: str, method: str, lr: float, seed: int, limits: dict[str, int]) -> dict:
+    """Everything that makes two runs the same run."""
+    return {"task": task, "method": method, "lr": lr, "seed": seed, "model": args.model, "epochs": args.epochs,
+            "batch_size": args.batch_size, "max_length": args.max_length, "max_train_samples": limits.get(task)}
+
+
+def load_finished(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line)["results"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str, int],
+            finished: list[dict]) -> dict | None:
+    key = settings_key(args, task, method, lr, seed, limits)
+    for done in finished:
+        if done["settings"] == key:
+            return done["metrics"]
     if args.report_only:
         return None
-    kind, adapter = METHODS[method]
-    config = RunConfig(out=str(path), model=args.model, task=task, data_dir=args.data_dir, method=kind,
-                       adapter=dict(adapter, seed=seed) if adapter else None, lr=lr, epochs=args.epochs,
-                       batch_size=args.batch_size, max_length=args.max_length, seed=seed,
-                       max_train_samples=limits.get(task))
-    resume = (path / "checkpoint.pt").is_file()
-    print(f"\n=== {task} {method} lr={lr:g} seed={seed}{' (resuming)' if resume else ''}", flush=True)
-    return train(config, resume=resume, overwrite=not resume)
+    path = run_dir(Path(args.out), task, method, lr, seed)
+    if (path / METRICS).is_file():
+        metrics = json.loads((path / METRICS).read_text())
+    else:
+        kind, adapter = METHODS[method]
+        config = RunConfig(out=str(path), model=args.model, task=task, data_dir=args.data_dir, method=kind,
+                           adapter=dict(adapter, seed=seed) if adapter else None, lr=lr, epochs=args.epochs,
+                           batch_size=args.batch_size, max_length=args.max_length, seed=seed,
+                           max_train_samples=limits.get(task))
+        resume = (path / "checkpoint.pt").is_file()
+        print(f"\n=== {task} {method} lr={lr:g} seed={seed}{' (resuming)' if resume else ''}", flush=True)
+        metrics = train(config, resume=resume, overwrite=not resume)
+    kept = {k: metrics[k] for k in ("score", "main_metric", "dev", "trainable_parameters", "trainable_share",
+                                    "total_parameters", "wall_seconds", "train_examples",
+                                    "train_examples_per_second", "best_step", "steps")}
+    record("glue_run", {"settings": key, "metrics": kept}, path=args.runs_file)
+    finished.append({"settings": key, "metrics": kept})
+    return kept
+
+
+def best_lr(by_lr: dict[float, list[dict]]) -> float:
+    """The learning rate with the best dev score at the first seed (ties: the smaller rate)."""
+    return max(sorted(by_lr), key=lambda lr: by_lr[lr][0]["score"])
 
 
 def aggregate(results: dict, tasks: list[str], methods: list[str]) -> dict:
-    """Per (task, method): the lr with the best mean score, and mean/std over seeds at that lr."""
+    """Per (task, method): the lr chosen at the first seed, and mean/std over the seeds run at it."""
     table = {}
     for task in tasks:
         for method in methods:
             by_lr = results.get((task, method), {})
-            scored = {lr: [m["score"] for m in runs] for lr, runs in by_lr.items() if runs}
-            if not scored:
+            if not by_lr:
                 continue
-            best_lr = max(scored, key=lambda lr: statistics.mean(scored[lr]))
-            runs = by_lr[best_lr]
+            chosen = best_lr(by_lr)
+            runs = by_lr[chosen]
             scores = [100 * m["score"] for m in runs]
             table[task, method] = {
-                "lr": best_lr,
+                "lr": chosen,
                 "mean": statistics.mean(scores),
                 "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                 "seeds": len(scores),
@@ -119,7 +155,7 @@ def markdown(table: dict, tasks: list[str], methods: list[str]) -> str:
             if r is None:
                 cells.append("–")
                 continue
-            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}")
+            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f} ({r['seeds']})")
             means.append(r["mean"])
             walls.append(r["wall_s"])
             speeds.append(r["ex_per_s"])
@@ -132,7 +168,8 @@ def markdown(table: dict, tasks: list[str], methods: list[str]) -> str:
     metrics = ", ".join(f"{TASK_LABEL.get(t, t)}: {next(r['metric'] for (tt, _), r in table.items() if tt == t)}"
                         for t in tasks if any(tt == t for tt, _ in table))
     lrs = "; ".join(f"{TASK_LABEL.get(t, t)} {m} {table[t, m]['lr']:g}" for t in tasks for m in methods if (t, m) in table)
-    return "\n".join(lines) + f"\n\nMetrics (×100): {metrics}.\nChosen learning rates: {lrs}.\n"
+    return ("\n".join(lines) + f"\n\nCells: mean ± std over seeds (number of seeds). Metrics (×100): {metrics}."
+            f"\nChosen learning rates (searched at the first seed): {lrs}.\n")
 
 
 def plot(table: dict, tasks: list[str], methods: list[str], path: Path) -> None:
@@ -168,14 +205,26 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     limits = {k: int(v) for k, v in (item.split("=") for item in args.max_train_samples.split(",") if item)}
     start = time.perf_counter()
+    finished = load_finished(Path(args.runs_file))
+    # results[(task, method)][lr] = [metrics at seeds[0], seeds[1], ...]
     results: dict = {}
-    for seed in seeds:  # seed-major, so that a stopped experiment has every cell at fewer seeds
+    first, rest = seeds[0], seeds[1:]
+    for task in tasks:  # the learning-rate search, at the first seed
+        for method in methods:
+            for lr in floats(args.lrs_full if method == "full" else args.lrs_adapter):
+                metrics = run_one(args, task, method, lr, first, limits, finished)
+                if metrics is not None:
+                    results.setdefault((task, method), {})[lr] = [metrics]
+    for seed in rest:  # seed-major, so that a stopped experiment has every cell at fewer seeds
         for task in tasks:
             for method in methods:
-                for lr in floats(args.lrs_full if method == "full" else args.lrs_adapter):
-                    metrics = run_one(args, task, method, lr, seed, limits)
-                    if metrics is not None:
-                        results.setdefault((task, method), {}).setdefault(lr, []).append(metrics)
+                by_lr = results.get((task, method))
+                if not by_lr:
+                    continue
+                lr = best_lr(by_lr)
+                metrics = run_one(args, task, method, lr, seed, limits, finished)
+                if metrics is not None:
+                    by_lr[lr].append(metrics)
     table = aggregate(results, tasks, methods)
     text = markdown(table, tasks, methods)
     report = Path(args.report_dir)

@@ -207,3 +207,28 @@ def test_pipeline_on_other_architectures(arch_name, tmp_path, csv_data):
     assert metrics["steps"] == 16 and metrics["score"] is not None
     again = evaluate_run(run)
     assert again["validation"]["accuracy"] == pytest.approx(metrics["dev"]["validation"]["accuracy"])
+
+
+@pytest.mark.parametrize("arch_name,layer_name", [("bert", "classifier"), ("roberta", "classifier.out_proj"),
+                                                  ("mpnet", "classifier.out_proj"), ("gpt2", "score")])
+def test_regression_head_starts_at_the_mean_target(arch_name, layer_name):
+    from conftest import batch, tiny_classifier
+    from dsee.train.pipeline import init_regression_head, output_layer
+
+    model = tiny_classifier(arch_name, num_labels=1)
+    layer = output_layer(model, 1)
+    assert layer is model.get_submodule(layer_name)
+    labels = [0.0, 1.5, 4.5, 5.0]
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    changed = init_regression_head(model, labels)
+    after = dict(model.named_parameters())
+    if layer.bias is None:  # GPT-2's score has no bias: nothing to set, nothing changed
+        assert not changed
+        assert all(torch.equal(before[n], after[n]) for n in before)
+        return
+    assert changed
+    assert torch.equal(layer.bias, torch.full_like(layer.bias, 2.75))
+    assert [n for n in before if not torch.equal(before[n], after[n])] == [f"{layer_name}.bias"]
+    with torch.no_grad():  # the new head's weights are small: predictions start near the mean
+        out = model(**batch()).logits
+    assert (out - 2.75).abs().max() < 0.5
