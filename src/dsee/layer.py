@@ -13,6 +13,13 @@ before training), and x·Sᵀ is a gather of N input columns and a scatter-add i
 A fused projection (GPT-2's ``c_attn``, DeBERTa's ``in_proj``) holds q, k and v in one matrix.
 ``DSEELinear`` then carries one ``SparseLowRankDelta`` per adapted slice, each with its own
 factors and its own support, added into that slice's output rows only.
+
+Unstructured sparsity of the final model (paper §3.2): with a ``prune_mask`` M (bool, d_out × d_in)
+the layer computes y = x·(M ⊙ (W0 + ΔW))ᵀ + b, the *merged-and-masked* form. Re-tuning A, B and S
+through it means the function trained and evaluated is exactly the one ``merge_dsee`` exports
+(W ← M ⊙ (W0 + ΔW), which keeps the zeros), instead of a pruned W0 plus a dense ΔW that merging
+would make dense again. Cost: ΔW is formed densely once per forward (d_out·d_in·r), small next to
+the matmul over a batch of tokens.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ LINEAR_TYPES = (nn.Linear, Conv1D)
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(d_out, d_in) of an ``nn.Linear`` or a ``Conv1D``."""
+    """(d_out, d_in) of an ``nn.Linear``, a ``Conv1D`` or a ``DSEELinear`` (its base layer's)."""
+    if isinstance(module, DSEELinear):
+        module = module.base_layer
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
     if isinstance(module, Conv1D):
@@ -153,6 +162,8 @@ class DSEELinear(nn.Module):
             self.add_module(self.delta_name(name), delta)
             # the rows are a property of the architecture, not of the adapter: not saved
             self.register_buffer(self.rows_name(name), None if rows is None else rows.to(weight.device), persistent=False)
+        # unstructured sparsity of the final model: None, or a bool (d_out, d_in) mask (see module doc)
+        self.register_buffer("prune_mask", None)
 
     @staticmethod
     def delta_name(slice_name: str) -> str:
@@ -199,8 +210,22 @@ class DSEELinear(nn.Module):
     def sparse_indices(self) -> torch.Tensor:
         return self._single().sparse_indices
 
+    def effective_weight(self) -> torch.Tensor:
+        """M ⊙ (W0 + ΔW) as (d_out, d_in), ΔW of every slice added into its rows; M only if set.
+
+        The one place the merged weight is formed, so that the masked forward and ``merge_dsee``
+        compute it with the same operations, in the same order.
+        """
+        weight = linear_weight(self.base_layer)
+        for _, delta, rows in self.deltas():
+            update = delta.delta_weight().to(weight.dtype)
+            weight = weight + update if rows is None else weight.index_add(0, rows, update)
+        return weight if self.prune_mask is None else weight * self.prune_mask
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """x: (..., d_in) -> (..., d_out)."""
+        if self.prune_mask is not None:  # merged-and-masked form (module doc); adapter dropout unused
+            return F.linear(x, self.effective_weight(), self.base_layer.bias)
         y = self.base_layer(x, *args, **kwargs)
         for _, delta, rows in self.deltas():
             update = delta(x)  # (..., len(rows)) or (..., d_out)
@@ -210,14 +235,9 @@ class DSEELinear(nn.Module):
 
     @torch.no_grad()
     def merged_base_layer(self) -> nn.Module:
-        """Fold every ΔW into the base weight (in place) and return the base layer."""
+        """Fold every ΔW (and the prune mask, if any) into the base weight, in place; return the base layer."""
         weight = linear_weight(self.base_layer)  # (d_out, d_in), a view for Conv1D
-        for _, delta, rows in self.deltas():
-            update = delta.delta_weight().to(weight.dtype)
-            if rows is None:
-                weight += update
-            else:
-                weight.index_add_(0, rows, update)
+        weight.copy_(self.effective_weight())
         return self.base_layer
 
     def extra_repr(self) -> str:

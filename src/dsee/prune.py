@@ -1,0 +1,207 @@
+"""Unstructured sparsity of the final model: magnitude masks over the blocks' linear weights (paper §3.2).
+
+    masks = unstructured_masks(model, 0.5, score="weight", scope="global")
+    apply_masks_(model, masks)      # W0 ← M ⊙ W0; adapted layers switch to M ⊙ (W0 + ΔW)
+    ... re-tune the adapters ...
+    merge_dsee(model)               # W ← M ⊙ (W0 + ΔW): the zeros survive the merge
+
+Pruned: q, k, v (or GPT-2's fused c_attn), the attention output, FFN in and out of every block.
+Embeddings, LayerNorm, biases, the pooler and the task head are left dense.
+
+Scores (``score``):
+  weight        |W0|
+  weight+delta  |W0 + ΔW|
+  delta         |ΔW| on matrices with a DSEE update, |W0| on the others, ranked as two groups at
+                the same sparsity (the two kinds of score are not comparable)
+  upstream      the released code's recipe: the same two groups, each at its own ratio
+                (``sparsity`` for key, output and FFN; ``adapted_sparsity`` for query and value)
+Scope: ``global`` ranks all matrices of a group together; ``layer`` ranks each matrix alone. Either
+way exactly round(sparsity · n) entries are removed per group (global) or per matrix (layer),
+ties broken by position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .layer import DSEELinear, SparseLowRankDelta, linear_weight
+from .layout import blocks
+
+SCORES = ("weight", "delta", "weight+delta", "upstream")
+SCOPES = ("global", "layer")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A prunable weight: a module, or a slice of rows of a fused projection."""
+
+    name: str  # "<module>" or "<module>:q" for a slice
+    module_name: str
+    module: nn.Module
+    rows: torch.Tensor | None  # rows of the module's (d_out, d_in) weight, None: all
+    delta: SparseLowRankDelta | None  # the DSEE update on exactly these rows, if any
+
+
+def prunable_pieces(model: nn.Module) -> list[Piece]:
+    """The q, k, v, o, FFN-in and FFN-out weights of every block, fused q|k|v split in its slices."""
+    pieces = []
+    for block in blocks(model):
+        spec = block.spec
+        names = [spec.q, spec.k, spec.v] if not spec.qkv else []
+        names += [spec.o, *spec.ffn_in, spec.ffn_out]
+        if spec.qkv:
+            pieces += _fused_pieces(block.full_name(spec.qkv), block.get(spec.qkv))
+        for rel in names:
+            module = block.get(rel)
+            delta = module.deltas()[0][1] if isinstance(module, DSEELinear) and module.slice_names == ("",) else None
+            pieces.append(Piece(block.full_name(rel), block.full_name(rel), module, None, delta))
+    return pieces
+
+
+def _fused_pieces(name: str, module: nn.Module) -> list[Piece]:
+    from .layer import linear_shape
+
+    width = linear_shape(module)[0] // 3
+    adapted = {n: (d, r) for n, d, r in module.deltas()} if isinstance(module, DSEELinear) else {}
+    out = []
+    for part, slice_name in enumerate("qkv"):
+        rows = torch.arange(part * width, (part + 1) * width)
+        delta = adapted.get(slice_name, (None, None))[0]
+        out.append(Piece(f"{name}:{slice_name}", name, module, rows, delta))
+    return out
+
+
+def _base_weight(piece: Piece) -> torch.Tensor:
+    module = piece.module.base_layer if isinstance(piece.module, DSEELinear) else piece.module
+    weight = linear_weight(module)  # (d_out, d_in)
+    return weight if piece.rows is None else weight[piece.rows]
+
+
+@torch.no_grad()
+def piece_score(piece: Piece, score: str) -> torch.Tensor:
+    """The magnitude score of every entry of ``piece``: (rows, d_in), float32."""
+    weight = _base_weight(piece).float()
+    if score == "weight" or piece.delta is None:
+        return weight.abs()
+    delta = piece.delta.delta_weight().float()
+    return delta.abs() if score in ("delta", "upstream") else (weight + delta).abs()
+
+
+def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Flat indices of the ``count`` lowest scores; ties broken by position (stable sort)."""
+    if count <= 0:
+        return torch.empty(0, dtype=torch.long)
+    return torch.sort(scores.flatten(), stable=True).indices[:count]
+
+
+@torch.no_grad()
+def unstructured_masks(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    score: str = "weight",
+    scope: str = "global",
+    adapted_sparsity: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks, ``{module name: (d_out, d_in) bool}``, removing ``sparsity`` of the entries.
+
+    ``adapted_sparsity`` (only with ``score="upstream"``) is the ratio for the matrices with a DSEE
+    update; by default the same as ``sparsity``.
+    """
+    if score not in SCORES:
+        raise ValueError(f"score={score!r}: choose one of {', '.join(SCORES)}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r}: choose global or layer")
+    for name, value in (("sparsity", sparsity), ("adapted_sparsity", adapted_sparsity)):
+        if value is not None and not 0 <= value < 1:
+            raise ValueError(f"{name}={value}: must be in [0, 1)")
+    if adapted_sparsity is not None and score != "upstream":
+        raise ValueError("adapted_sparsity is the upstream recipe's second ratio: use it with score='upstream'")
+    pieces = prunable_pieces(model)
+    two_groups = score in ("delta", "upstream")
+    if two_groups and not any(p.delta is not None for p in pieces):
+        raise ValueError(f"score={score!r} ranks by |ΔW|, but no pruned matrix has a DSEE update")
+    groups: dict[str, list[Piece]] = {}
+    for p in pieces:
+        groups.setdefault("adapted" if two_groups and p.delta is not None else "base", []).append(p)
+    ratio = {"base": sparsity, "adapted": sparsity if adapted_sparsity is None else adapted_sparsity}
+
+    keep: dict[str, torch.Tensor] = {}  # per piece
+    for group, members in groups.items():
+        scores = [piece_score(p, score) for p in members]
+        if scope == "layer":
+            for p, s in zip(members, scores):
+                keep[p.name] = _keep_mask(s, round(ratio[group] * s.numel()))
+            continue
+        flat = torch.cat([s.flatten() for s in scores])
+        mask = _keep_mask(flat, round(ratio[group] * flat.numel()))
+        offset = 0
+        for p, s in zip(members, scores):
+            keep[p.name] = mask[offset : offset + s.numel()].view_as(s)
+            offset += s.numel()
+
+    masks: dict[str, torch.Tensor] = {}  # per module: fused slices assembled back
+    for p in pieces:
+        piece_mask = keep[p.name].to(_base_weight(p).device)
+        if p.rows is None:
+            masks[p.module_name] = piece_mask
+        else:
+            full = masks.setdefault(p.module_name, torch.ones(len(p.rows) * 3, piece_mask.shape[1], dtype=torch.bool,
+                                                               device=piece_mask.device))
+            full[p.rows.to(full.device)] = piece_mask
+    return masks
+
+
+def _keep_mask(scores: torch.Tensor, remove: int) -> torch.Tensor:
+    mask = torch.ones(scores.numel(), dtype=torch.bool)
+    mask[_lowest(scores.cpu(), remove)] = False
+    return mask.view(scores.shape)
+
+
+@torch.no_grad()
+def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Zero the masked entries of W0 in place; adapted layers also keep the mask (merged-and-masked form)."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        if name not in modules:
+            raise ValueError(f"mask for {name!r}, which is not a module of this model")
+        module = modules[name]
+        base = module.base_layer if isinstance(module, DSEELinear) else module
+        weight = linear_weight(base)
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise ValueError(f"mask for {name} is {tuple(mask.shape)}, the weight {tuple(weight.shape)}")
+        mask = mask.to(device=weight.device, dtype=torch.bool)
+        weight.mul_(mask)
+        if isinstance(module, DSEELinear):
+            module.prune_mask = mask.clone()
+    return model
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The prune masks held by the adapted layers (the other pruned weights carry their zeros)."""
+    return {n: m.prune_mask for n, m in model.named_modules() if isinstance(m, DSEELinear) and m.prune_mask is not None}
+
+
+@torch.no_grad()
+def sparsity_report(model: nn.Module) -> dict:
+    """Achieved sparsity (fraction of exact zeros) of every prunable weight and overall.
+
+    For an adapted layer the weight is M ⊙ (W0 + ΔW), what the model computes and exports.
+    """
+    per_matrix: dict[str, float] = {}
+    zeros = total = 0
+    seen = set()
+    for p in prunable_pieces(model):
+        if p.module_name in seen:
+            continue
+        seen.add(p.module_name)
+        module = p.module
+        weight = module.effective_weight() if isinstance(module, DSEELinear) else linear_weight(module)
+        z = int((weight == 0).sum())
+        per_matrix[p.module_name] = z / weight.numel()
+        zeros += z
+        total += weight.numel()
+    return {"overall": zeros / total if total else 0.0, "zeros": zeros, "entries": total, "per_matrix": per_matrix}
