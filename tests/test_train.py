@@ -16,45 +16,6 @@ from dsee.cli import main  # noqa: E402
 from dsee.train.loop import Interrupted, evaluate_run, train  # noqa: E402
 from dsee.train.run import RunConfig, read_eval_log  # noqa: E402
 
-WORDS = "the a film movie plot actor scene story music ending was is very quite rather".split()
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A 2-layer BERT with the MiniLM tokenizer, saved like a Hub checkpoint."""
-    import transformers as T
-
-    from dsee.models import default_model_path
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
-    config = tiny_config("bert")
-    config.vocab_size = tokenizer.vocab_size
-    torch.manual_seed(0)
-    T.BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def _sentiment_csv(path, n, seed):
-    rng = random.Random(seed)
-    lines = ["text,label"]
-    for _ in range(n):
-        label = rng.choice(["pos", "neg"])
-        cue = rng.choice(["good great fine", "superb good"] if label == "pos" else ["bad awful poor", "dull bad"])
-        words = rng.sample(WORDS, 5) + cue.split()
-        rng.shuffle(words)
-        lines.append(f"{' '.join(words)},{label}")
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def csv_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    return _sentiment_csv(d / "train.csv", 256, 0), _sentiment_csv(d / "dev.csv", 64, 1)
-
-
 def _config(out, model, data, **kw):
     base = dict(out=str(out), model=model, train_file=data[0], validation_file=data[1], text_columns=["text"],
                 label_column="label", max_length=32, epochs=2, batch_size=16, eval_batch_size=32, eval_steps=5,

@@ -114,6 +114,70 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune a trained run (unstructured and/or heads and FFN neurons), re-tune the adapters: a new run."""
+    import dataclasses
+
+    from .train.loop import train
+    from .train.pruning import PruneSettings, check_source
+
+    settings = PruneSettings(
+        source=args.run, sparsity=args.sparsity, scope=args.scope, score=args.score,
+        adapted_sparsity=args.adapted_sparsity, heads=args.heads, ffn=args.ffn, head_score=args.head_score,
+        ffn_score=args.ffn_score, per_layer=not args.global_ranking, importance_batches=args.importance_batches,
+    )
+    source = check_source(args.run)
+    changes = {"out": args.out, "prune": settings.to_dict(), "epochs": args.retune_epochs}
+    if args.lr is not None:
+        changes["lr"] = args.lr
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    config = dataclasses.replace(source, **changes)
+    metrics = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)
+    print(format_train_summary(metrics))
+    pruning = metrics.get("pruning", {})
+    flops = metrics.get("flops", {}).get("total")
+    print(f"sparsity {pruning.get('sparsity', 0):.1%} · heads per layer {pruning.get('heads_per_layer')} · "
+          f"FFN per layer {pruning.get('ffn_per_layer')}" + (f" · {flops / 1e9:.2f} GFLOPs per sequence" if flops else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's kept model, adapters merged (keeping prune masks' zeros), as a self-contained directory."""
+    from .train.export_run import export_run
+
+    info = export_run(args.run, args.out, compact=args.compact, overwrite=args.overwrite, merge=not args.no_merge)
+    print(f"exported {args.run} to {args.out}: {info['weights_file']}, {info['bytes_on_disk'] / 1e6:.2f} MB on disk "
+          f"(dense {info['dense_bytes'] / 1e6:.2f} MB); "
+          + ("loads with transformers' from_pretrained" if info["stock"] else "load it with dsee.load_pretrained"))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Latency of exported models side by side."""
+    from .bench import devices, time_models
+    from .export import load_pretrained
+
+    models = {args.dir: load_pretrained(args.dir)}
+    for other in args.vs or []:
+        models[other] = load_pretrained(other)
+    for device in devices():
+        for t in time_models(models, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds,
+                             device=device):
+            print(f"{t.device:5s} {t.name:40s} median {1000 * t.median_s:8.1f} ms (q1 {1000 * t.q1_s:.1f}, "
+                  f"q3 {1000 * t.q3_s:.1f}) · {t.examples_per_s:7.1f} ex/s · ×{t.ratio_to_first:.3f} of the first")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import load_rows, markdown, write_report
+
+    paths = write_report(args.runs, args.out)
+    print(markdown(load_rows(args.runs)))
+    print(f"wrote {paths['table']} and {paths['plot']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsee", description="DSEE: sparse + low-rank efficient tuning of transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +229,53 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-eval-samples", type=int, default=None)
     ev.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     ev.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("prune", help="make a trained run's model sparse and re-tune its adapters (a new run)")
+    pr.add_argument("run", help="a finished dsee or lora run")
+    pr.add_argument("--out", required=True, help="the new run directory")
+    un = pr.add_argument_group("unstructured (magnitude masks on the blocks' linear weights)")
+    un.add_argument("--sparsity", type=float, default=None, help="fraction of zeros, in [0, 1)")
+    un.add_argument("--scope", choices=("global", "layer"), default="global")
+    un.add_argument("--score", choices=("weight", "delta", "weight+delta", "upstream"), default="weight")
+    un.add_argument("--adapted-sparsity", type=float, default=None,
+                    help="upstream: the ratio for query/value (ranked by |ΔW|); default --sparsity")
+    st = pr.add_argument_group("structured (attention heads and FFN neurons, removed physically)")
+    st.add_argument("--heads", type=float, default=None, help="fraction of heads to remove")
+    st.add_argument("--ffn", type=float, default=None, help="fraction of FFN neurons to remove")
+    st.add_argument("--head-score", choices=("delta", "importance"), default="delta")
+    st.add_argument("--ffn-score", choices=("magnitude", "importance"), default="magnitude")
+    ranking = st.add_mutually_exclusive_group()
+    ranking.add_argument("--per-layer", dest="global_ranking", action="store_false", help="the same fraction per layer (default)")
+    ranking.add_argument("--global", dest="global_ranking", action="store_true", help="one ranking over all layers")
+    st.add_argument("--importance-batches", type=int, default=8)
+    pr.add_argument("--retune-epochs", type=float, default=3.0, help="epochs of adapter re-tuning (0: none)")
+    pr.add_argument("--lr", type=float, default=None, help="default: the source run's")
+    pr.add_argument("--data-dir", default=None, help="override the source run's data folder")
+    pr.add_argument("--resume", action="store_true")
+    pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(func=cmd_prune, global_ranking=False)
+
+    ex = sub.add_parser("export", help="write a run's model with merged adapters as a self-contained directory")
+    ex.add_argument("run")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--compact", action="store_true", help="store mostly-zero matrices as bitmask + values")
+    ex.add_argument("--no-merge", action="store_true", help="keep the adapters unmerged")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export)
+
+    be = sub.add_parser("bench", help="latency and throughput of exported models, side by side")
+    be.add_argument("dir")
+    be.add_argument("--vs", action="append", help="another exported directory (repeatable)")
+    be.add_argument("--batch-size", type=int, default=32)
+    be.add_argument("--seq-len", type=int, default=128)
+    be.add_argument("--rounds", type=int, default=7)
+    be.set_defaults(func=cmd_bench)
+
+    rp = sub.add_parser("report", help="table and plots of dev score against FLOPs and sparsity across runs")
+    rp.add_argument("runs", nargs="+")
+    rp.add_argument("--out", default="report")
+    rp.set_defaults(func=cmd_report)
     return parser
 
 

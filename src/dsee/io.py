@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -52,6 +55,25 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` whole when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def base_fingerprint(model: nn.Module) -> str:
@@ -148,4 +170,4 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     return model
 
 
-__all__ = ["save_adapter", "load_adapter", "atomic_write_text", "WEIGHTS_NAME", "CONFIG_NAME"]
+__all__ = ["save_adapter", "load_adapter", "atomic_write_text", "atomic_directory", "WEIGHTS_NAME", "CONFIG_NAME"]

@@ -168,7 +168,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
 
     per_process = math.ceil(len(train_examples) / (config.batch_size * accelerator.num_processes))
     steps_per_epoch = math.ceil(per_process / config.grad_accum)
-    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    # 0 only for a pruned run evaluated without re-tuning
+    total_steps = 0 if config.epochs == 0 else max(1, math.ceil(steps_per_epoch * config.epochs))
     # the scheduler is stepped once per optimizer step on every process, so it is not prepared
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
@@ -203,7 +204,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
     def save_best() -> None:
         if not main:
             return
-        if config.method == "full":
+        if config.prune is not None:  # shapes and masks differ from the base model: the whole model
+            from ..export import save_pretrained
+
+            save_pretrained(unwrapped, run / MODEL_DIR)
+        elif config.method == "full":
             with atomic_directory(run / MODEL_DIR) as tmp:
                 unwrapped.save_pretrained(tmp)
         else:
@@ -286,6 +291,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
         bar.close()
         raise
     bar.close()
+    if total_steps == 0 and progress.last_eval_step != 0:
+        run_evaluation(0.0, None)
 
     final = progress.best_metrics or {}
     metrics = {
@@ -308,11 +315,31 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
         "wall_seconds": round(time.perf_counter() - wall_start, 2),
         "world_size": accelerator.num_processes,
     }
+    metrics.update(model_figures(unwrapped, config))
     if main:
         save_json(run / METRICS, metrics)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return (metrics, unwrapped) if return_model else metrics
+
+
+def model_figures(model: nn.Module, config: RunConfig) -> dict[str, Any]:
+    """FLOPs of one forward pass at ``max_length`` tokens, parameters, non-zeros; the pruning summary."""
+    from ..flops import forward_flops, parameter_counts
+    from ..layout import block_spec
+
+    figures: dict[str, Any] = {}
+    try:
+        block_spec(model)
+    except ValueError:  # a model type without a block layout: no FLOPs, the run still completes
+        return figures
+    figures["flops"] = forward_flops(model, seq_len=config.max_length).to_dict()
+    figures["parameters"] = parameter_counts(model)
+    if config.prune is not None:
+        from .pruning import PruneSettings, pruning_summary
+
+        figures["pruning"] = pruning_summary(model, PruneSettings.from_dict(config.prune))
+    return figures
 
 
 def evaluate_run(run: str | Path, data_dir: str | None = None, max_eval_samples: int | None = None,

@@ -118,8 +118,11 @@ def init_regression_head(model: nn.Module, train_labels: list[float]) -> bool:
 def build_model(config: RunConfig, data: TaskData, model_path: str | None = None, tokenizer=None) -> nn.Module:
     """The base classifier with the run's method applied (adapters added, or all trainable).
 
-    A regression head starts at the mean training target (``init_regression_head``).
+    A regression head starts at the mean training target (``init_regression_head``). A pruned
+    run (``config.prune``) starts from its source run's kept model, pruned (``pruning.py``).
     """
+    if config.prune is not None:
+        return build_pruned_model(config, data, tokenizer)
     model = base_classifier(model_path or resolve_model(config.model), data, tokenizer)
     if data.task_type == "regression" and data.train is not None:
         init_regression_head(model, data.train.labels)
@@ -129,9 +132,32 @@ def build_model(config: RunConfig, data: TaskData, model_path: str | None = None
     return model
 
 
+def build_pruned_model(config: RunConfig, data: TaskData, tokenizer=None) -> nn.Module:
+    """The source run's kept model with ``config.prune`` applied; adapters and head trainable."""
+    from .pruning import PruneSettings, check_source, importance_batches, prune_model_
+
+    settings = PruneSettings.from_dict(config.prune)
+    source_config = check_source(settings.source)
+    if source_config.task != config.task or source_config.train_file != config.train_file:
+        raise ValueError(f"{settings.source} was trained on {source_config.task or source_config.train_file}, "
+                         f"not on {config.task or config.train_file}")
+    model = load_trained_model(settings.source, source_config, data, tokenizer)
+    batches = None
+    if (settings.heads and settings.head_score == "importance") or (settings.ffn and settings.ffn_score == "importance"):
+        batches = importance_batches(data, tokenizer, config, settings.importance_batches)
+    prune_model_(model, settings, batches)
+    return model.train()
+
+
 def load_trained_model(run: str | Path, config: RunConfig, data: TaskData, tokenizer=None) -> nn.Module:
     """The kept (best dev) model of a finished or interrupted run."""
     run = Path(run)
+    if config.prune is not None:
+        from ..export import load_pretrained
+
+        if not (run / MODEL_DIR).is_dir():
+            raise FileNotFoundError(f"{run}: no kept checkpoint yet ({MODEL_DIR}/)")
+        return load_pretrained(run / MODEL_DIR)
     saved = run / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
     if not saved.is_dir():
         raise FileNotFoundError(f"{run}: no kept checkpoint yet ({saved.name}/)")

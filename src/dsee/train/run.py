@@ -19,14 +19,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..config import DSEEConfig, dataclass_from_dict
-from ..io import atomic_write_text
+from ..io import atomic_directory, atomic_write_text  # noqa: F401 (atomic_directory re-exported)
 
 METHODS = ("dsee", "lora", "full")
 DEFAULT_LR = {"dsee": 5e-4, "lora": 5e-4, "full": 5e-5}
@@ -73,6 +71,8 @@ class RunConfig:
     eval_steps: int = 0  # evaluate (and checkpoint) every K optimizer steps; 0: never mid-epoch
     eval_per_epoch: bool = True
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    # a pruned run (``dsee prune``): PruneSettings.to_dict(); the model is the source run's, pruned
+    prune: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -92,8 +92,8 @@ class RunConfig:
         for name in ("batch_size", "eval_batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
-        if self.epochs <= 0:
-            raise bad("epochs", "must be > 0")
+        if self.epochs < 0 or (self.epochs == 0 and self.prune is None):
+            raise bad("epochs", "must be > 0 (0 only for a pruned run: evaluate without re-tuning)")
         if self.lr is not None and self.lr <= 0:
             raise bad("lr", "must be > 0")
         if not 0 <= self.warmup_ratio < 1:
@@ -108,6 +108,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise bad(name, "must be >= 1")
+        if self.prune is not None:
+            from .pruning import PruneSettings
+
+            self.prune = PruneSettings.from_dict(self.prune).to_dict()
         if self.method == "full":
             self.adapter = None
         else:
@@ -170,25 +174,6 @@ def create_run_directory(config: RunConfig, overwrite: bool) -> None:
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     save_json(run / RUN_CONFIG, config.to_dict())
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` whole when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        yield tmp
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def append_eval_log(run: Path, record: dict[str, Any]) -> None:

@@ -1,0 +1,41 @@
+"""``dsee export RUN --out DIR``: a run's kept model as a self-contained directory.
+
+The adapters are merged (W ← M ⊙ (W0 + ΔW) where a prune mask exists, so the requested zeros are
+in the exported weights) unless ``merge=False``; the tokenizer and the label mapping are copied, and
+``dsee_export.json`` records the source run, its dev metrics and the file sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..export import save_pretrained
+from ..io import atomic_write_text
+from ..inject import dsee_layers, merge_dsee
+from ..models import resolve_model
+from .pipeline import load_task_data, load_tokenizer, load_trained_model
+from .run import LABELS, METRICS, load_run_config
+
+
+def export_run(run: str | Path, out: str | Path, *, compact: bool = False, overwrite: bool = False,
+               merge: bool = True) -> dict[str, Any]:
+    run, out = Path(run), Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: use --overwrite to replace it")
+    config = load_run_config(run)
+    data = load_task_data(config, with_train=False)
+    tokenizer = load_tokenizer(resolve_model(config.model))
+    model = load_trained_model(run, config, data, tokenizer)
+    if merge and dsee_layers(model):
+        merge_dsee(model)
+    extra = {}
+    if (run / LABELS).is_file():
+        extra[LABELS] = (run / LABELS).read_text()
+    metrics = json.loads((run / METRICS).read_text()) if (run / METRICS).is_file() else {}
+    info = save_pretrained(model, out, compact=compact, tokenizer=tokenizer, extra_files=extra)
+    record = {"source_run": str(run), "merged": merge, "dev": metrics.get("dev"), "score": metrics.get("score"),
+              "flops": (metrics.get("flops") or {}).get("total"), **info}
+    atomic_write_text(out / "dsee_export.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return info

@@ -1,0 +1,155 @@
+"""The pruning recipe (paper §3.2): a trained run → a sparse model → adapters re-tuned → a new run.
+
+    dsee prune RUN --out RUN2 --sparsity 0.5 [--scope --score]          unstructured
+    dsee prune RUN --out RUN2 --heads 0.25 --ffn 0.25 [--head-score]    structured
+
+RUN2 is a run directory like any other (``run.py``): its ``run_config.json`` holds the source
+run's settings plus ``prune`` (``PruneSettings``), its ``model/`` the kept (best dev) pruned model
+with its adapters unmerged (``export.save_pretrained``), its ``metrics.json`` the re-tuned dev
+score, the achieved sparsity, the heads and neurons left and the FLOPs. The pruning decision is a
+function of the source run, the settings and the seed only, so ``--resume`` rebuilds it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import dataclass_from_dict
+from ..importance import (
+    HEAD_SCORES,
+    NEURON_SCORES,
+    delta_head_scores,
+    head_group_sizes,
+    importance_scores,
+    magnitude_neuron_scores,
+    removal_plan,
+)
+from ..layout import blocks
+from ..prune import SCOPES, SCORES, apply_masks_, sparsity_report, unstructured_masks
+from ..structure import remove_heads_, remove_neurons_, structure_plan
+
+
+@dataclass
+class PruneSettings:
+    """What ``dsee prune`` does to the source run's kept model before re-tuning."""
+
+    source: str  # the trained run directory
+    sparsity: float | None = None  # unstructured: fraction of zeros in the blocks' linear weights
+    scope: str = "global"  # global | layer
+    score: str = "weight"  # weight | delta | weight+delta | upstream
+    adapted_sparsity: float | None = None  # upstream only: ratio for the matrices with DSEE updates
+    heads: float | None = None  # structured: fraction of attention heads removed
+    ffn: float | None = None  # structured: fraction of FFN neurons removed
+    head_score: str = "delta"  # delta | importance
+    ffn_score: str = "magnitude"  # magnitude | importance
+    per_layer: bool = True  # structured: the same fraction from every layer (else one global ranking)
+    importance_batches: int = 8  # training batches for the importance scores
+
+    def __post_init__(self) -> None:
+        for name in ("sparsity", "adapted_sparsity", "heads", "ffn"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
+        if self.sparsity is None and self.heads is None and self.ffn is None:
+            raise ValueError("nothing to prune: give --sparsity (unstructured) and/or --heads / --ffn (structured)")
+        if self.score not in SCORES:
+            raise ValueError(f"--score {self.score}: choose one of {', '.join(SCORES)}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"--scope {self.scope}: choose global or layer")
+        if self.adapted_sparsity is not None and self.score != "upstream":
+            raise ValueError("--adapted-sparsity is the upstream recipe's ratio for query/value: use --score upstream")
+        if self.head_score not in HEAD_SCORES:
+            raise ValueError(f"--head-score {self.head_score}: choose one of {', '.join(HEAD_SCORES)}")
+        if self.ffn_score not in NEURON_SCORES:
+            raise ValueError(f"--ffn-score {self.ffn_score}: choose one of {', '.join(NEURON_SCORES)}")
+        if self.importance_batches < 1:
+            raise ValueError("--importance-batches must be >= 1")
+
+    @property
+    def structured(self) -> bool:
+        return bool(self.heads) or bool(self.ffn)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneSettings:
+        return dataclass_from_dict(cls, data)
+
+
+def check_source(source: str | Path):
+    """The source run's config; a clear error if it is missing, unfinished, full fine-tuning or pruned."""
+    from .run import ADAPTER_DIR, load_run_config
+
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such run directory")
+    config = load_run_config(source)
+    if config.prune is not None:
+        raise ValueError(f"{source} is itself a pruned run (of {config.prune['source']}); prune its source "
+                         "run instead, with the combined settings")
+    if config.method == "full":
+        raise ValueError(f"{source} is a full fine-tuning run: pruning re-tunes DSEE adapters, so it needs a "
+                         "dsee or lora run")
+    if not (source / ADAPTER_DIR).is_dir():
+        raise FileNotFoundError(f"{source}: no kept adapter yet ({ADAPTER_DIR}/); let the run finish first")
+    return config
+
+
+def importance_batches(data, tokenizer, config, count: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``count`` training batches of a seeded order: what the importance scores see."""
+    from .data import Collator, encode
+
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(data.train), generator=generator)[: count * config.batch_size].tolist()
+    examples = encode(data.train, tokenizer, config.max_length)
+    collate = Collator(tokenizer, data.task_type)
+    chosen = [examples[i] for i in order]
+    return [collate(chosen[i : i + config.batch_size]) for i in range(0, len(chosen), config.batch_size)]
+
+
+def prune_model_(model: nn.Module, settings: PruneSettings, batches=None) -> dict[str, Any]:
+    """Apply ``settings`` to a trained DSEE model in place; returns what was removed.
+
+    Structured removal first (heads, then FFN neurons), then unstructured masks on what is left.
+    """
+    removed: dict[str, Any] = {}
+    if settings.structured:
+        needs_importance = (settings.heads and settings.head_score == "importance") or (
+            settings.ffn and settings.ffn_score == "importance")
+        imp_heads = imp_neurons = None
+        if needs_importance:
+            if batches is None:
+                raise ValueError("importance scores need training batches")
+            imp_heads, imp_neurons = importance_scores(model, batches)
+        if settings.heads:
+            scores = imp_heads if settings.head_score == "importance" else delta_head_scores(model)
+            plan = removal_plan(scores, settings.heads, per_layer=settings.per_layer,
+                                group_sizes=head_group_sizes(model), what="heads")
+            remove_heads_(model, plan)
+        if settings.ffn:
+            scores = imp_neurons if settings.ffn_score == "importance" else magnitude_neuron_scores(model)
+            plan = removal_plan(scores, settings.ffn, per_layer=settings.per_layer, what="FFN neurons")
+            remove_neurons_(model, plan)
+        removed = structure_plan(model)
+    if settings.sparsity:
+        masks = unstructured_masks(model, settings.sparsity, score=settings.score, scope=settings.scope,
+                                   adapted_sparsity=settings.adapted_sparsity)
+        apply_masks_(model, masks)
+    return removed
+
+
+def pruning_summary(model: nn.Module, settings: PruneSettings) -> dict[str, Any]:
+    """For metrics.json: heads and neurons left per layer, achieved sparsity."""
+    summary: dict[str, Any] = {"settings": settings.to_dict(), "structure": structure_plan(model)}
+    summary["heads_per_layer"] = [b.num_heads for b in blocks(model)]
+    summary["ffn_per_layer"] = [b.ffn_size for b in blocks(model)]
+    report = sparsity_report(model)
+    summary["sparsity"] = report["overall"]
+    summary["sparsity_per_matrix"] = report["per_matrix"]
+    return summary

@@ -1,0 +1,141 @@
+"""dsee prune / export / bench / report end to end on a tiny BERT (real tokenizer, synthetic data)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+
+from dsee.cli import main  # noqa: E402
+from dsee.export import load_pretrained  # noqa: E402
+from dsee.layout import blocks  # noqa: E402
+from dsee.train.loop import evaluate_run, train  # noqa: E402
+from dsee.train.pipeline import load_task_data, load_tokenizer, load_trained_model  # noqa: E402
+from dsee.train.run import RunConfig, load_run_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, tiny_model_dir, csv_data):
+    run = tmp_path_factory.mktemp("runs") / "dsee"
+    train(RunConfig(out=str(run), model=tiny_model_dir, train_file=csv_data[0], validation_file=csv_data[1],
+                    text_columns=["text"], label_column="label", max_length=32, epochs=2, batch_size=16,
+                    lr=3e-2, adapter={"rank": 4, "num_sparse": 8}, seed=1), show_progress=False)
+    return run
+
+
+def _model_and_inputs(run):
+    config = load_run_config(run)
+    data = load_task_data(config, with_train=False)
+    tokenizer = load_tokenizer(config.model)
+    model = load_trained_model(run, config, data, tokenizer)
+    texts = [t[0] for t in data.evals["validation"].texts[:6]]
+    return model, dict(tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def test_unstructured_prune_retune_export_reload(source_run, tmp_path, capsys):
+    run2 = tmp_path / "sparse"
+    assert main(["prune", str(source_run), "--out", str(run2), "--sparsity", "0.5", "--scope", "layer",
+                 "--retune-epochs", "1", "--no-progress"]) == 0
+    metrics = json.loads((run2 / "metrics.json").read_text())
+    assert metrics["pruning"]["sparsity"] >= 0.5
+    for share in metrics["pruning"]["sparsity_per_matrix"].values():
+        assert 0.5 <= share < 0.5 + 2 / 48**2 + 1e-9  # exact count, at most one extra exact zero
+    again = evaluate_run(run2)  # `dsee eval` reproduces the kept checkpoint's score
+    assert again["validation"]["accuracy"] == pytest.approx(metrics["dev"]["validation"]["accuracy"])
+
+    model, inputs = _model_and_inputs(run2)
+    before = _logits(model, inputs)
+    out = tmp_path / "export"
+    assert main(["export", str(run2), "--out", str(out)]) == 0
+    exported = load_pretrained(out)
+    torch.testing.assert_close(_logits(exported, inputs), before, rtol=0, atol=1e-5)
+    for block in blocks(exported):  # the requested zeros are in the exported weights
+        weight = block.get("attention.self.query").weight
+        assert float((weight == 0).float().mean()) >= 0.5
+    # original shapes, merged: a plain transformers checkpoint
+    import transformers as T
+
+    plain = T.AutoModelForSequenceClassification.from_pretrained(out)
+    torch.testing.assert_close(_logits(plain.eval(), inputs), before, rtol=0, atol=1e-5)
+
+    compact = tmp_path / "compact"
+    assert main(["export", str(run2), "--out", str(compact), "--compact"]) == 0
+    info = json.loads((compact / "dsee_export.json").read_text())
+    # the pruned block matrices (half zeros) shrink to values + a 1-bit mask: 0.53 of their 4 bytes/entry
+    block_bytes = 4 * metrics["parameters"]["block_linear"]
+    saved = info["dense_bytes"] - info["bytes_on_disk"]
+    assert 0.4 * block_bytes < saved < 0.5 * block_bytes
+    torch.testing.assert_close(_logits(load_pretrained(compact), inputs), before, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("head_score", ["delta", "importance"])
+def test_structured_prune_retune_export_reload(source_run, tmp_path, head_score):
+    run2 = tmp_path / "heads"
+    assert main(["prune", str(source_run), "--out", str(run2), "--heads", "0.5", "--ffn", "0.25",
+                 "--head-score", head_score, "--ffn-score", "importance", "--importance-batches", "2",
+                 "--retune-epochs", "1", "--no-progress"]) == 0
+    metrics = json.loads((run2 / "metrics.json").read_text())
+    assert metrics["pruning"]["heads_per_layer"] == [2, 2]
+    assert metrics["pruning"]["ffn_per_layer"] == [48, 48]
+    source_flops = json.loads((source_run / "metrics.json").read_text())["flops"]["total"]
+    assert metrics["flops"]["total"] < 0.8 * source_flops
+    model, inputs = _model_and_inputs(run2)
+    before = _logits(model, inputs)
+    out = tmp_path / "export"
+    assert main(["export", str(run2), "--out", str(out)]) == 0
+    torch.testing.assert_close(_logits(load_pretrained(out), inputs), before, rtol=0, atol=1e-5)
+    assert not json.loads((out / "dsee_export.json").read_text())["stock"]
+
+    report = tmp_path / "report"
+    assert main(["report", str(source_run), str(run2), "--out", str(report)]) == 0
+    assert (report / "report.png").stat().st_size > 0 and "heads 50%" in (report / "report.md").read_text()
+    assert main(["bench", str(out), "--vs", str(out), "--batch-size", "2", "--seq-len", "8", "--rounds", "2"]) == 0
+
+
+def test_retune_epochs_zero_evaluates_the_pruned_model(source_run, tmp_path):
+    run2 = tmp_path / "noretune"
+    assert main(["prune", str(source_run), "--out", str(run2), "--sparsity", "0.3", "--retune-epochs", "0",
+                 "--no-progress"]) == 0
+    metrics = json.loads((run2 / "metrics.json").read_text())
+    assert metrics["steps"] == 0 and metrics["score"] is not None
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--sparsity", "1.0"], "must be in"),
+    (["--heads", "0.9"], "would leave none"),
+    (["--retune-epochs", "1"], "nothing to prune"),
+])
+def test_bad_prune_requests_leave_nothing(source_run, tmp_path, capsys, args, match):
+    run2 = tmp_path / "bad"
+    assert main(["prune", str(source_run), "--out", str(run2), *args, "--no-progress"]) == 2
+    assert match in capsys.readouterr().err
+    assert not run2.exists()
+
+
+def test_prune_refuses_missing_and_pruned_sources(source_run, tmp_path, capsys):
+    assert main(["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--sparsity", "0.5"]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    pruned = tmp_path / "p"
+    assert main(["prune", str(source_run), "--out", str(pruned), "--sparsity", "0.2", "--retune-epochs", "0",
+                 "--no-progress"]) == 0
+    listing = sorted(p.name for p in pruned.iterdir())
+    assert main(["prune", str(pruned), "--out", str(tmp_path / "y"), "--heads", "0.25"]) == 2
+    assert "itself a pruned run" in capsys.readouterr().err
+    assert sorted(p.name for p in pruned.iterdir()) == listing and not (tmp_path / "y").exists()
+
+
+def test_export_refuses_a_non_empty_directory(source_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["export", str(source_run), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
