@@ -64,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-train-samples", default="rte=2000,mrpc=2000,stsb=2000,cola=2000,sst2=2000",
                    help="per task, e.g. sst2=8000,cola=4000; a task not named uses its whole training set")
     p.add_argument("--runs-file", default=str(RUNS_PATH), help="finished runs, one JSON line each (appended)")
+    p.add_argument("--no-record", action="store_true", help="do not append the summary to results.jsonl")
     p.add_argument("--report-only", action="store_true", help="aggregate the finished runs, train nothing")
     p.add_argument("--report-dir", default=str(Path(__file__).resolve().parent),
                    help="where glue_results.md and glue_results.png go (default: benchmarks/)")
@@ -238,11 +239,12 @@ def main(argv=None) -> int:
     (report / "glue_results.md").write_text(text)
     plot(table, tasks, methods, report / "glue_results.png")
     print(text)
-    record("glue_experiment", {
-        "settings": {k: v for k, v in vars(args).items() if k not in ("report_only",)},
-        "cells": {f"{t}/{m}": r for (t, m), r in table.items()},
-        "hours": (time.perf_counter() - start) / 3600,
-    })
+    if not args.no_record:
+        record("glue_experiment", {
+            "settings": {k: v for k, v in vars(args).items() if k not in ("report_only", "no_record")},
+            "cells": {f"{t}/{m}": r for (t, m), r in table.items()},
+            "hours": (time.perf_counter() - start) / 3600,
+        })
     return 0
 
 

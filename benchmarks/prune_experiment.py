@@ -1,0 +1,221 @@
+"""Dual sparsity on GLUE: how much accuracy each kind of pruning costs after re-tuning (paper §3.2).
+
+For every task and seed: a DSEE source run (r=16, N=64, GreBsmo Ω) — taken from the GLUE experiment
+(`glue_experiment.py`, its DSEE run at the learning rate it chose) when that run directory exists,
+trained here with the same settings otherwise — then one `dsee prune` run per variant: structured
+(heads + FFN neurons; |ΔW| vs importance head scores; a FLOPs curve) and unstructured 50% (scores
+|W0|, |ΔW|, |W0 + ΔW|). Every pruned run re-tunes the adapters for `--retune-epochs`.
+
+Each finished run is appended to `benchmarks/prune_runs.jsonl` (with commit, date, machine) and
+never run again with the same settings, so the experiment continues where it stopped. The table
+(`prune_results.md`) gives each variant's dev score minus the unpruned source's, per task and on
+average, with the FLOPs of one forward pass at 128 tokens relative to the unpruned model; the plot
+(`prune_results.png`) the score against FLOPs.
+
+    python benchmarks/prune_experiment.py --data-dir ../shared/data/glue --out runs/prune
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import HERE, record  # noqa: E402
+
+from dsee.train.loop import train  # noqa: E402
+from dsee.train.run import METRICS, RunConfig, load_run_config  # noqa: E402
+
+RUNS_PATH = HERE / "prune_runs.jsonl"
+GLUE_RUNS = HERE / "glue_runs.jsonl"
+DSEE = {"rank": 16, "alpha": 32, "num_sparse": 64, "sparse_method": "grebsmo"}
+# name -> PruneSettings fields (source filled in per task)
+VARIANTS = {
+    "heads25+ffn25 delta": dict(heads=0.25, ffn=0.25, head_score="delta", ffn_score="magnitude"),
+    "heads25+ffn25 importance": dict(heads=0.25, ffn=0.25, head_score="importance", ffn_score="importance"),
+    "heads25+ffn40 importance": dict(heads=0.25, ffn=0.40, head_score="importance", ffn_score="importance"),
+    "heads50+ffn50 importance": dict(heads=0.50, ffn=0.50, head_score="importance", ffn_score="importance"),
+    "unstructured50 weight": dict(sparsity=0.5, score="weight"),
+    "unstructured50 delta": dict(sparsity=0.5, score="delta"),
+    "unstructured50 weight+delta": dict(sparsity=0.5, score="weight+delta"),
+}
+TASK_LABEL = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "sst2": "SST-2", "cola": "CoLA"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out", default="runs/prune")
+    p.add_argument("--glue-out", default="runs/glue", help="the GLUE experiment's run folder (source runs)")
+    p.add_argument("--tasks", default="rte,mrpc,stsb,sst2")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--source-lr", type=float, default=1.5e-3, help="when no GLUE-experiment run is there")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--retune-epochs", type=float, default=2)
+    p.add_argument("--max-train-samples", type=int, default=2000)
+    p.add_argument("--runs-file", default=str(RUNS_PATH))
+    p.add_argument("--no-record", action="store_true", help="do not append the summary to results.jsonl")
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--report-dir", default=str(HERE))
+    return p.parse_args(argv)
+
+
+def glue_source(args, task: str, seed: int) -> Path | None:
+    """The GLUE experiment's DSEE run for (task, seed) at the learning rate it chose, if on disk."""
+    if not GLUE_RUNS.is_file():
+        return None
+    scores = {}
+    for line in GLUE_RUNS.read_text().splitlines():
+        s = json.loads(line)["results"]
+        if s["settings"]["task"] == task and s["settings"]["method"] == "dsee" and s["settings"]["seed"] == 0:
+            scores[s["settings"]["lr"]] = s["metrics"]["score"]
+    if not scores:
+        return None
+    lr = max(sorted(scores), key=scores.get)
+    path = Path(args.glue_out) / task / "dsee" / f"lr{lr:g}" / f"seed{seed}"
+    return path if (path / METRICS).is_file() and (path / "adapter").is_dir() else None
+
+
+def source_run(args, task: str, seed: int) -> Path | None:
+    found = glue_source(args, task, seed)
+    if found is not None:
+        return found
+    path = Path(args.out) / task / "source" / f"seed{seed}"
+    if (path / METRICS).is_file() or args.report_only:
+        return path if (path / METRICS).is_file() else None
+    config = RunConfig(out=str(path), task=task, data_dir=args.data_dir, method="dsee", adapter=dict(DSEE, seed=seed),
+                       lr=args.source_lr, epochs=args.epochs, seed=seed, max_train_samples=args.max_train_samples)
+    resume = (path / "checkpoint.pt").is_file()
+    print(f"\n=== {task} source seed={seed}", flush=True)
+    train(config, resume=resume, overwrite=not resume)
+    return path
+
+
+def finished_runs(path: Path) -> list[dict]:
+    return [json.loads(line)["results"] for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def summary(metrics: dict) -> dict:
+    pruning = metrics.get("pruning") or {}
+    return {"score": metrics["score"], "main_metric": metrics["main_metric"], "flops": metrics["flops"]["total"],
+            "sparsity": pruning.get("sparsity", 0.0), "heads_per_layer": pruning.get("heads_per_layer"),
+            "ffn_per_layer": pruning.get("ffn_per_layer"), "wall_seconds": metrics["wall_seconds"],
+            "trainable_parameters": metrics["trainable_parameters"]}
+
+
+def run_variant(args, task, seed, name, source: Path, finished: list[dict]) -> dict | None:
+    key = {"task": task, "seed": seed, "variant": name, "source": str(source), "retune_epochs": args.retune_epochs,
+           "settings": VARIANTS[name]}
+    for done in finished:
+        if done["key"] == key:
+            return done
+    if args.report_only:
+        return None
+    path = Path(args.out) / task / name.replace(" ", "_").replace("+", "_") / f"seed{seed}"
+    if not (path / METRICS).is_file():
+        config = dataclasses.replace(load_run_config(source), out=str(path), epochs=args.retune_epochs,
+                                     prune=dict(VARIANTS[name], source=str(source)))
+        resume = (path / "checkpoint.pt").is_file()
+        print(f"\n=== {task} {name} seed={seed}", flush=True)
+        train(config, resume=resume, overwrite=not resume)
+    entry = {"key": key, "metrics": summary(json.loads((path / METRICS).read_text())),
+             "source": summary(json.loads((source / METRICS).read_text()))}
+    record("prune_run", entry, path=args.runs_file)
+    finished.append(entry)
+    return entry
+
+
+def table(entries: list[dict], tasks: list[str], variants: list[str]) -> str:
+    """Mean over seeds of (variant − unpruned source) per task, the average, and FLOPs vs unpruned."""
+    lines = ["| variant | FLOPs | sparsity | " + " | ".join(TASK_LABEL.get(t, t) for t in tasks) + " | average Δ |",
+             "|" + "---|" * (len(tasks) + 4)]
+    source_cells = []
+    for t in tasks:
+        scores = [100 * e["source"]["score"] for e in entries if e["key"]["task"] == t]
+        source_cells.append(f"{statistics.mean(scores):.1f}" if scores else "–")
+    lines.append("| unpruned DSEE | 100% | 0% | " + " | ".join(source_cells) + " | – |")
+    for v in variants:
+        mine = [e for e in entries if e["key"]["variant"] == v]
+        if not mine:
+            continue
+        cells, deltas = [], []
+        for t in tasks:
+            d = [100 * (e["metrics"]["score"] - e["source"]["score"]) for e in mine if e["key"]["task"] == t]
+            if d:
+                deltas.append(statistics.mean(d))
+                cells.append(f"{statistics.mean(d):+.1f}")
+            else:
+                cells.append("–")
+        flops = statistics.mean(e["metrics"]["flops"] / e["source"]["flops"] for e in mine)
+        sparsity = statistics.mean(e["metrics"]["sparsity"] for e in mine)
+        avg = f"{statistics.mean(deltas):+.2f}" if len(deltas) == len(tasks) else "–"
+        lines.append(f"| {v} | {100 * flops:.1f}% | {100 * sparsity:.0f}% | " + " | ".join(cells) + f" | {avg} |")
+    return "\n".join(lines) + ("\n\nCells: dev score of the pruned, re-tuned model minus the unpruned DSEE "
+                               "source's (×100; mean over seeds). FLOPs: one forward pass at 128 tokens.\n")
+
+
+def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t in tasks:
+        mine = [e for e in entries if e["key"]["task"] == t and "heads" in e["key"]["variant"]
+                and "importance" in e["key"]["variant"]]
+        if not mine:
+            continue
+        points = sorted([(1.0, 100 * mine[0]["source"]["score"])]
+                        + [(e["metrics"]["flops"] / e["source"]["flops"], 100 * e["metrics"]["score"]) for e in mine])
+        ax.plot([100 * x for x, _ in points], [y for _, y in points], "o-", label=TASK_LABEL.get(t, t))
+    ax.set_xlabel("inference FLOPs (% of unpruned, 128 tokens)")
+    ax.set_ylabel("dev score (×100) after re-tuning")
+    ax.set_title("all-MiniLM-L6-v2 + DSEE: heads and FFN neurons removed (importance)")
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tasks, variants = args.tasks.split(","), args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    finished = finished_runs(Path(args.runs_file))
+    start = time.perf_counter()
+    entries = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for task in tasks:
+            source = source_run(args, task, seed)
+            if source is None:
+                continue
+            for name in variants:
+                entry = run_variant(args, task, seed, name, source, finished)
+                if entry is not None:
+                    entries.append(entry)
+    text = table(entries, tasks, variants)
+    report = Path(args.report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "prune_results.md").write_text(text)
+    plot(entries, tasks, report / "prune_results.png")
+    print(text)
+    if not (args.report_only or args.no_record):
+        record("prune_experiment", {"settings": vars(args), "runs": len(entries),
+                                    "hours": (time.perf_counter() - start) / 3600})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
