@@ -4,14 +4,22 @@ Each adapted weight gets ΔW = s·(B·A + S): a low-rank B·A and a sparse S wit
 positions Ω chosen from the pre-trained weight before training. Read ``layer.py`` for the layer,
 ``inject.py`` for how it is put on a model, ``decompose.py`` for how Ω is chosen.
 
+The final model can be made sparse too (paper §3.2): ``prune.py`` (unstructured masks kept through
+the merge), ``structure.py`` (heads and FFN neurons removed physically), ``export.py`` (saving and
+reloading models whose shapes changed), ``flops.py`` (what it saves).
+
 ``import dsee`` does not import the training stack.
 """
 
 from .config import DSEEConfig
 from .decompose import compute_support
+from .export import load_pretrained, save_pretrained
+from .flops import forward_flops, parameter_counts
 from .inject import DSEEState, ParameterCount, add_dsee, count_parameters, merge_dsee, remove_dsee
 from .io import load_adapter, save_adapter
 from .layer import DSEELinear, SparseLowRankDelta
+from .prune import apply_masks_, sparsity_report, unstructured_masks
+from .structure import remove_heads_, remove_neurons_, structure_plan
 
 __version__ = "0.1.0"
 
@@ -22,11 +30,21 @@ __all__ = [
     "ParameterCount",
     "SparseLowRankDelta",
     "add_dsee",
+    "apply_masks_",
     "compute_support",
     "count_parameters",
+    "forward_flops",
     "load_adapter",
+    "load_pretrained",
     "merge_dsee",
+    "parameter_counts",
     "remove_dsee",
+    "remove_heads_",
+    "remove_neurons_",
     "save_adapter",
+    "save_pretrained",
+    "sparsity_report",
+    "structure_plan",
+    "unstructured_masks",
     "__version__",
 ]
