@@ -70,7 +70,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = RunConfig(
         out=args.out, model=args.model, task=args.task, data_dir=args.data_dir, train_file=args.train_file,
         validation_file=args.validation_file, text_columns=columns, label_column=args.label_column,
-        task_type=args.task_type, max_length=args.max_length, max_train_samples=args.max_train_samples,
+        task_type=args.task_type, source_column=args.source_column, target_column=args.target_column,
+        label_smoothing=args.label_smoothing, max_source_tokens=args.max_source_tokens, max_length=args.max_length, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, method=args.method, adapter=adapter, lr=args.lr,
         epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
@@ -95,11 +96,24 @@ def format_train_summary(metrics: dict) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Re-compute the dev metrics of a saved run from its kept checkpoint."""
+    """Re-compute the dev metrics of a saved run from its kept checkpoint (generation: decode and score)."""
     import json
     from pathlib import Path
 
     from .train.loop import evaluate_run
+    from .train.run import load_run_config
+
+    if load_run_config(args.run).is_generation:
+        from .train.generate import evaluate_generation_run
+
+        result = evaluate_generation_run(args.run, split=args.split, data_dir=args.data_dir,
+                                         max_items=args.max_eval_samples, beams=args.beams,
+                                         length_penalty=args.length_penalty, no_repeat_ngram=args.no_repeat_ngram,
+                                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        for name, value in result["scores"].items():
+            print(f"{result['split']:12s} {name:8s} " + ("unavailable" if value is None else f"{value:.4f}"))
+        print(f"({result['items']} distinct sources, beam {result['beams']}; predictions and scores in {args.run})")
+        return 0
 
     results = evaluate_run(args.run, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples)
     saved_path = Path(args.run) / "metrics.json"
@@ -178,6 +192,52 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_decoding_arguments(group) -> None:
+    group.add_argument("--beams", type=int, default=10, help="beam size (1: greedy)")
+    group.add_argument("--length-penalty", type=float, default=0.8)
+    group.add_argument("--no-repeat-ngram", type=int, default=4)
+    group.add_argument("--max-new-tokens", type=int, default=64)
+    group.add_argument("--batch-size", type=int, default=8)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate with a fine-tuned run: one output line per input line."""
+    from pathlib import Path
+
+    from .io import atomic_write_text
+    from .models import resolve_model
+    from .train.generate import generate_texts
+    from .train.pipeline import TaskData, load_tokenizer, load_trained_model
+    from .train.run import load_run_config
+
+    if (args.input is None) == (args.text is None):
+        raise ValueError("give --input FILE (one source per line) or --text \"...\"")
+    if args.input is not None:
+        path = Path(args.input)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such input file")
+        sources = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not sources:
+            raise ValueError(f"{path}: the input file has no non-empty line")
+    else:
+        sources = [args.text]
+    config = load_run_config(args.run)
+    if not config.is_generation:
+        raise ValueError(f"{args.run} is not a text-generation run (trained on {config.task or config.train_file})")
+    tokenizer = load_tokenizer(resolve_model(config.model))
+    model = load_trained_model(args.run, config, TaskData(None, {}, "generation", None, "generation"), tokenizer)
+    outputs = generate_texts(model, tokenizer, sources, beams=args.beams, length_penalty=args.length_penalty,
+                             no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, max_source_tokens=config.max_source_tokens or config.max_length // 2)
+    text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"{len(outputs)} outputs written to {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsee", description="DSEE: sparse + low-rank efficient tuning of transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", choices=("dsee", "lora", "full"), default="dsee",
                     help="dsee (default), lora (DSEE with N = 0) or full fine-tuning")
     data = tr.add_argument_group("data")
-    data.add_argument("--task", default=None, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli")
+    data.add_argument("--task", default=None,
+                      help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; or e2e (generation)")
     data.add_argument("--data-dir", default=None, help="folder with the GLUE task folders (default: the Hub)")
     data.add_argument("--train-file", default=None, help="your own data: CSV, TSV or JSON Lines")
     data.add_argument("--validation-file", default=None)
@@ -202,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--label-column", default=None)
     data.add_argument("--task-type", choices=("classification", "regression"), default=None,
                       help="default: detected from the labels")
+    gen = tr.add_argument_group("text generation (decoder models): --task e2e, or your files with")
+    gen.add_argument("--source-column", default=None, help="the input text column")
+    gen.add_argument("--target-column", default=None, help="the output text column (rows with one source: references)")
+    gen.add_argument("--label-smoothing", type=float, default=0.0)
+    gen.add_argument("--max-source-tokens", type=int, default=None, help="longer sources are cut (default max-length/2)")
     data.add_argument("--max-length", type=int, default=128)
     data.add_argument("--max-train-samples", type=int, default=None)
     data.add_argument("--max-eval-samples", type=int, default=None)
@@ -228,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="override the run's data folder")
     ev.add_argument("--max-eval-samples", type=int, default=None)
     ev.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    dec = ev.add_argument_group("generation runs: decoding")
+    dec.add_argument("--split", default="validation", help="validation (default) or test (E2E)")
+    add_decoding_arguments(dec)
     ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("prune", help="make a trained run's model sparse and re-tune its adapters (a new run)")
@@ -263,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-merge", action="store_true", help="keep the adapters unmerged")
     ex.add_argument("--overwrite", action="store_true")
     ex.set_defaults(func=cmd_export)
+
+    ge = sub.add_parser("generate", help="generate text with a fine-tuned decoder run")
+    ge.add_argument("run")
+    ge.add_argument("--input", default=None, help="a text file, one source per line")
+    ge.add_argument("--text", default=None, help="one source")
+    ge.add_argument("--output", default=None, help="write the outputs here (default: print them)")
+    add_decoding_arguments(ge)
+    ge.set_defaults(func=cmd_generate)
 
     be = sub.add_parser("bench", help="latency and throughput of exported models, side by side")
     be.add_argument("dir")

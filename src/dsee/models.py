@@ -52,3 +52,11 @@ def load_sequence_classifier(name_or_path: str | None, num_labels: int = 2, **kw
     if getattr(model.config, "pad_token_id", None) is None and getattr(model.config, "eos_token_id", None) is not None:
         model.config.pad_token_id = model.config.eos_token_id  # GPT-2 / Llama classifiers need one
     return model
+
+
+def load_causal_lm(name_or_path: str | None, **kwargs):
+    """``AutoModelForCausalLM`` from a Hub id or a local path, in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=torch.float32, **kwargs)

@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from ..inject import count_parameters
 from ..io import save_adapter
 from ..models import resolve_model
-from .data import Collator, encode
 from .metrics import compute_metrics
 from .pipeline import TaskData, build_model, load_task_data, load_tokenizer, load_trained_model
 from .run import (
@@ -82,15 +81,50 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def make_eval_loaders(data: TaskData, tokenizer, max_length: int, batch_size: int, accelerator) -> dict:
+def make_eval_loaders(data: TaskData, tokenizer, config: RunConfig, batch_size: int, accelerator) -> dict:
     """One loader per evaluation split, sharded over processes (gathered back in ``evaluate``)."""
-    collate = Collator(tokenizer, data.task_type)
+    collate = data.collator(tokenizer)
     return {
         name: accelerator.prepare_data_loader(
-            DataLoader(encode(ds, tokenizer, max_length), batch_size=batch_size, collate_fn=collate)
+            DataLoader(data.encode(ds, tokenizer, config), batch_size=batch_size, collate_fn=collate)
         )
         for name, ds in data.evals.items()
     }
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy on the positions whose label is not -100 (the target tokens).
+
+    logits: (B, T, V), labels: (B, T); position t predicts token t + 1.
+    """
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B·(T-1), V)
+    shift_labels = labels[:, 1:].reshape(-1)  # (B·(T-1),)
+    return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100,
+                                       label_smoothing=label_smoothing, reduction=reduction)
+
+
+def training_loss(model: nn.Module, batch: dict, data: TaskData, config: RunConfig) -> torch.Tensor:
+    """The model's own loss, or for generation the target-token loss with label smoothing."""
+    if data.task_type != "generation":
+        return model(**batch).loss
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return causal_lm_loss(model(**inputs).logits, batch["labels"], config.label_smoothing)
+
+
+def evaluate_generation_loss(model: nn.Module, loader, accelerator) -> dict[str, float]:
+    """Dev loss per target token (no smoothing), its perplexity, and ``neg_loss`` for selection."""
+    model.eval()
+    total, count = torch.zeros(()), torch.zeros(())
+    with torch.no_grad():
+        for batch in loader:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            loss = causal_lm_loss(model(**inputs).logits, batch["labels"], reduction="sum")
+            tokens = (batch["labels"][:, 1:] != -100).sum()
+            total += accelerator.reduce(loss.detach().float().reshape(()), "sum").cpu()
+            count += accelerator.reduce(tokens.float().reshape(()), "sum").cpu()
+    mean = float(total / count.clamp(min=1))
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "neg_loss": -mean}
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,6 +133,8 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def evaluate(model: nn.Module, loader, accelerator, metric_kind: str) -> dict[str, float]:
     """Dev metrics of ``model`` on ``loader`` (gathered over processes, duplicates dropped)."""
+    if metric_kind == "generation":
+        return evaluate_generation_loss(model, loader, accelerator)
     model.eval()
     predictions, labels, losses = [], [], []
     with torch.no_grad():
@@ -158,9 +194,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
         save_json(run / LABELS, {"task_type": data.task_type, "label_list": data.label_list})
     accelerator.wait_for_everyone()
 
-    collate = Collator(tokenizer, data.task_type)
-    train_examples = encode(data.train, tokenizer, config.max_length)
-    eval_loaders = make_eval_loaders(data, tokenizer, config.max_length, config.eval_batch_size, accelerator)
+    collate = data.collator(tokenizer)
+    train_examples = data.encode(data.train, tokenizer, config)
+    eval_loaders = make_eval_loaders(data, tokenizer, config, config.eval_batch_size, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -250,7 +286,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
             tick = time.perf_counter()
             for batch in loader:
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = training_loss(model, batch, data, config)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -359,5 +395,5 @@ def evaluate_run(run: str | Path, data_dir: str | None = None, max_eval_samples:
     model = load_trained_model(run, config, data, tokenizer)
     accelerator = Accelerator()
     model = accelerator.prepare(model)
-    loaders = make_eval_loaders(data, tokenizer, config.max_length, batch_size or config.eval_batch_size, accelerator)
+    loaders = make_eval_loaders(data, tokenizer, config, batch_size or config.eval_batch_size, accelerator)
     return {name: evaluate(model, loader, accelerator, data.metric_kind) for name, loader in loaders.items()}

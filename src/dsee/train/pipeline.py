@@ -11,7 +11,7 @@ from torch import nn
 from ..inject import add_dsee
 from ..io import load_adapter
 from ..models import load_sequence_classifier, resolve_model
-from .data import TextDataset, load_glue, load_table
+from .data import Collator, TextDataset, encode, load_glue, load_table
 from .metrics import main_metric
 from .run import ADAPTER_DIR, MODEL_DIR, RunConfig
 from .tasks import get_task
@@ -33,7 +33,23 @@ class TaskData:
 
     @property
     def main_metric(self) -> str:
-        return main_metric(self.metric_kind)
+        # generation selects by dev loss on the target tokens; "neg_loss" keeps "higher is better"
+        return "neg_loss" if self.task_type == "generation" else main_metric(self.metric_kind)
+
+    def encode(self, split, tokenizer, config: RunConfig) -> list[dict]:
+        """Token ids of one split (``self.train`` or one of ``self.evals``), ready for ``collator``."""
+        if self.task_type == "generation":
+            from .textgen import encode_causal
+
+            return encode_causal(split, tokenizer, config.max_length, config.max_source_tokens).examples
+        return encode(split, tokenizer, config.max_length)
+
+    def collator(self, tokenizer):
+        if self.task_type == "generation":
+            from .textgen import CausalCollator
+
+            return CausalCollator(tokenizer.pad_token_id)
+        return Collator(tokenizer, self.task_type)
 
     @property
     def selection_split(self) -> str:
@@ -42,6 +58,8 @@ class TaskData:
 
 def load_task_data(config: RunConfig, with_train: bool = True) -> TaskData:
     """Read the run's data. Evaluation splits come first-selecting: MNLI matched, then mismatched."""
+    if config.is_generation:
+        return load_generation_data(config, with_train)
     if config.task is not None:
         task = get_task(config.task)
         splits = [task.selection_split] + [s for s in task.splits if s not in ("train", task.selection_split)]
@@ -59,6 +77,23 @@ def load_task_data(config: RunConfig, with_train: bool = True) -> TaskData:
     return TaskData(train if with_train else None, {"validation": dev}, train.task_type, label_list, train.task_type)
 
 
+def load_generation_data(config: RunConfig, with_train: bool = True) -> TaskData:
+    """E2E or the user's source/target files; the dev set limited to its first max_eval_samples sources."""
+    from .textgen import load_e2e, load_pairs
+
+    if config.task == "e2e":
+        if config.data_dir is None:
+            raise ValueError("--task e2e needs --data-dir: the folder holding e2e/ (trainset.csv.gz, devset.csv)")
+        train = load_e2e(config.data_dir, "train") if with_train else None
+        dev = load_e2e(config.data_dir, "validation")
+    else:
+        train = load_pairs(config.train_file, config.source_column, config.target_column) if with_train else None
+        dev = load_pairs(config.validation_file, config.source_column, config.target_column)
+    if train is not None:
+        train = train.subsample(config.max_train_samples, config.seed)
+    return TaskData(train, {"validation": dev.first_items(config.max_eval_samples)}, "generation", None, "generation")
+
+
 def load_tokenizer(model_path: str):
     from transformers import AutoTokenizer
 
@@ -68,12 +103,19 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
-def base_classifier(model_path: str, data: TaskData, tokenizer=None) -> nn.Module:
-    """The classifier for this task's labels, before any method is applied.
+def base_model(model_path: str, data: TaskData, tokenizer=None) -> nn.Module:
+    """The model for this task before any method is applied: a classifier for its labels, or a causal LM.
 
     With ``tokenizer``, the model's padding id is the tokenizer's: decoder classifiers (GPT-2,
     Llama) read the score at the last non-padding token.
     """
+    if data.task_type == "generation":
+        from ..models import load_causal_lm
+
+        model = load_causal_lm(model_path)
+        if tokenizer is not None and tokenizer.pad_token_id is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return model
     kwargs = {"problem_type": "regression"} if data.task_type == "regression" else {}
     if data.label_list:
         kwargs["id2label"] = dict(enumerate(data.label_list))
@@ -123,7 +165,7 @@ def build_model(config: RunConfig, data: TaskData, model_path: str | None = None
     """
     if config.prune is not None:
         return build_pruned_model(config, data, tokenizer)
-    model = base_classifier(model_path or resolve_model(config.model), data, tokenizer)
+    model = base_model(model_path or resolve_model(config.model), data, tokenizer)
     if data.task_type == "regression" and data.train is not None:
         init_regression_head(model, data.train.labels)
     dsee_config = config.dsee_config()
@@ -162,6 +204,6 @@ def load_trained_model(run: str | Path, config: RunConfig, data: TaskData, token
     if not saved.is_dir():
         raise FileNotFoundError(f"{run}: no kept checkpoint yet ({saved.name}/)")
     if config.method == "full":
-        return base_classifier(str(saved), data, tokenizer).eval()
-    model = base_classifier(resolve_model(config.model), data, tokenizer)
+        return base_model(str(saved), data, tokenizer).eval()
+    model = base_model(resolve_model(config.model), data, tokenizer)
     return load_adapter(model, saved).eval()

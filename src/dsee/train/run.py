@@ -52,6 +52,11 @@ class RunConfig:
     text_columns: list[str] | None = None
     label_column: str | None = None
     task_type: str | None = None  # classification | regression; None: detected from the labels
+    # text generation (decoder models): the E2E task, or the user's files with these two columns
+    source_column: str | None = None
+    target_column: str | None = None
+    label_smoothing: float = 0.0  # generation: cross-entropy label smoothing on the target tokens
+    max_source_tokens: int | None = None  # generation: longer sources are cut (default max_length // 2)
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -85,8 +90,13 @@ class RunConfig:
         if self.train_file is not None:
             if self.validation_file is None:
                 raise ValueError("--train-file needs --validation-file (the dev set used for model selection)")
-            if not self.text_columns or not self.label_column:
-                raise ValueError("--train-file needs --text-columns and --label-column")
+            if (self.source_column is None) != (self.target_column is None):
+                raise ValueError("text generation needs both --source-column and --target-column")
+            if self.source_column is None and (not self.text_columns or not self.label_column):
+                raise ValueError("--train-file needs --text-columns and --label-column (classification, "
+                                 "regression) or --source-column and --target-column (generation)")
+        if not 0 <= self.label_smoothing < 1:
+            raise bad("label_smoothing", "must be in [0, 1)")
         if self.task_type not in (None, "classification", "regression"):
             raise bad("task_type", "choose classification or regression")
         for name in ("batch_size", "eval_batch_size", "grad_accum", "max_length"):
@@ -119,6 +129,10 @@ class RunConfig:
             if self.method == "lora":
                 config = dataclasses.replace(config, num_sparse=0)
             self.adapter = config.to_dict()
+
+    @property
+    def is_generation(self) -> bool:
+        return self.task == "e2e" or self.source_column is not None
 
     @property
     def learning_rate(self) -> float:
