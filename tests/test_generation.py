@@ -145,3 +145,31 @@ def test_generate_refuses_bad_input(tmp_path, tiny_model_dir, csv_data, capsys):
     assert "no non-empty line" in capsys.readouterr().err
     assert main(["generate", str(run)]) == 2
     assert "--input FILE" in capsys.readouterr().err
+
+
+@needs_data
+def test_decoder_runs_prune_structurally_and_export(tmp_path, decoder_dir):
+    """Heads (GPT-2's fused c_attn; Llama's grouped-query attention) and FFN neurons of a generation run."""
+    from dsee.export import load_pretrained
+    from dsee.train.pipeline import load_task_data, load_tokenizer, load_trained_model
+    from dsee.train.run import load_run_config
+
+    run = tmp_path / "run"
+    train(RunConfig(out=str(run), model=decoder_dir, task="e2e", data_dir=str(DATA), max_train_samples=32,
+                    max_eval_samples=4, max_length=48, epochs=1, batch_size=16, lr=1e-2,
+                    adapter={"rank": 2, "num_sparse": 8}), show_progress=False)
+    pruned = tmp_path / "pruned"
+    assert main(["prune", str(run), "--out", str(pruned), "--heads", "0.5", "--ffn", "0.5", "--head-score",
+                 "importance", "--ffn-score", "importance", "--importance-batches", "1", "--sparsity", "0.3",
+                 "--retune-epochs", "1", "--no-progress"]) == 0
+    metrics = json.loads((pruned / "metrics.json").read_text())
+    assert metrics["pruning"]["heads_per_layer"] == [2, 2]
+    assert metrics["pruning"]["sparsity"] == pytest.approx(0.3, abs=1e-4)  # round(0.3·n) of n entries
+    config = load_run_config(pruned)
+    tokenizer = load_tokenizer(decoder_dir)
+    model = load_trained_model(pruned, config, load_task_data(config, with_train=False), tokenizer)
+    sources = ["name[Aromi], food[Chinese]", "name[Zizzi]"]
+    before = generate_texts(model, tokenizer, sources, beams=2, max_new_tokens=5)  # merges the adapters
+    assert main(["export", str(pruned), "--out", str(tmp_path / "export")]) == 0
+    after = generate_texts(load_pretrained(tmp_path / "export"), tokenizer, sources, beams=2, max_new_tokens=5)
+    assert before == after

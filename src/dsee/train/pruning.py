@@ -103,12 +103,10 @@ def check_source(source: str | Path):
 
 def importance_batches(data, tokenizer, config, count: int) -> list[dict[str, torch.Tensor]]:
     """The first ``count`` training batches of a seeded order: what the importance scores see."""
-    from .data import Collator, encode
-
     generator = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(data.train), generator=generator)[: count * config.batch_size].tolist()
-    examples = encode(data.train, tokenizer, config.max_length)
-    collate = Collator(tokenizer, data.task_type)
+    examples = data.encode(data.train, tokenizer, config)
+    collate = data.collator(tokenizer)
     chosen = [examples[i] for i in order]
     return [collate(chosen[i : i + config.batch_size]) for i in range(0, len(chosen), config.batch_size)]
 
