@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-train-samples", default="rte=2000,mrpc=2000,stsb=2000,cola=2000,sst2=2000",
                    help="per task, e.g. sst2=8000,cola=4000; a task not named uses its whole training set")
+    p.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16"),
+                   help="bf16 autocast (1.5x faster training steps on this project's AVX512-BF16 CPUs)")
     p.add_argument("--runs-file", default=str(RUNS_PATH), help="finished runs, one JSON line each (appended)")
     p.add_argument("--no-record", action="store_true", help="do not append the summary to results.jsonl")
     p.add_argument("--report-only", action="store_true", help="aggregate the finished runs, train nothing")
@@ -75,14 +77,17 @@ def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
-def run_dir(out: Path, task: str, method: str, lr: float, seed: int) -> Path:
-    return out / task / method / f"lr{lr:g}" / f"seed{seed}"
+def run_dir(out: Path, task: str, method: str, lr: float, seed: int, precision: str = "no") -> Path:
+    return out / task / method / f"lr{lr:g}" / (f"seed{seed}" + ("" if precision == "no" else f"-{precision}"))
 
 
 def settings_key(args, task: str, method: str, lr: float, seed: int, limits: dict[str, int]) -> dict:
     """Everything that makes two runs the same run."""
-    return {"task": task, "method": method, "lr": lr, "seed": seed, "model": args.model, "epochs": args.epochs,
-            "batch_size": args.batch_size, "max_length": args.max_length, "max_train_samples": limits.get(task)}
+    key = {"task": task, "method": method, "lr": lr, "seed": seed, "model": args.model, "epochs": args.epochs,
+           "batch_size": args.batch_size, "max_length": args.max_length, "max_train_samples": limits.get(task)}
+    if args.mixed_precision != "no":  # runs recorded before this option were fp32 and keep their key
+        key["mixed_precision"] = args.mixed_precision
+    return key
 
 
 def load_finished(path: Path) -> list[dict]:
@@ -99,7 +104,7 @@ def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str
             return done["metrics"]
     if args.report_only:
         return None
-    path = run_dir(Path(args.out), task, method, lr, seed)
+    path = run_dir(Path(args.out), task, method, lr, seed, args.mixed_precision)
     if (path / METRICS).is_file():
         metrics = json.loads((path / METRICS).read_text())
     else:
@@ -107,7 +112,7 @@ def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str
         config = RunConfig(out=str(path), model=args.model, task=task, data_dir=args.data_dir, method=kind,
                            adapter=dict(adapter, seed=seed) if adapter else None, lr=lr, epochs=args.epochs,
                            batch_size=args.batch_size, max_length=args.max_length, seed=seed,
-                           max_train_samples=limits.get(task))
+                           max_train_samples=limits.get(task), mixed_precision=args.mixed_precision)
         resume = (path / "checkpoint.pt").is_file()
         print(f"\n=== {task} {method} lr={lr:g} seed={seed}{' (resuming)' if resume else ''}", flush=True)
         metrics = train(config, resume=resume, overwrite=not resume)

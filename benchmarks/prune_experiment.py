@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", default="runs/prune")
     p.add_argument("--glue-out", default="runs/glue", help="the GLUE experiment's run folder (source runs)")
+    p.add_argument("--glue-precision", default="bf16", help="the GLUE experiment's --mixed-precision")
     p.add_argument("--tasks", default="rte,mrpc,stsb,sst2")
     p.add_argument("--seeds", default="0")
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -74,12 +75,15 @@ def glue_source(args, task: str, seed: int) -> Path | None:
     scores = {}
     for line in GLUE_RUNS.read_text().splitlines():
         s = json.loads(line)["results"]
-        if s["settings"]["task"] == task and s["settings"]["method"] == "dsee" and s["settings"]["seed"] == 0:
+        precision = s["settings"].get("mixed_precision", "no")
+        if (s["settings"]["task"], s["settings"]["method"], s["settings"]["seed"], precision) == (
+                task, "dsee", 0, args.glue_precision):
             scores[s["settings"]["lr"]] = s["metrics"]["score"]
     if not scores:
         return None
     lr = max(sorted(scores), key=scores.get)
-    path = Path(args.glue_out) / task / "dsee" / f"lr{lr:g}" / f"seed{seed}"
+    suffix = "" if args.glue_precision == "no" else f"-{args.glue_precision}"
+    path = Path(args.glue_out) / task / "dsee" / f"lr{lr:g}" / f"seed{seed}{suffix}"
     return path if (path / METRICS).is_file() and (path / "adapter").is_dir() else None
 
 
@@ -91,7 +95,8 @@ def source_run(args, task: str, seed: int) -> Path | None:
     if (path / METRICS).is_file() or args.report_only:
         return path if (path / METRICS).is_file() else None
     config = RunConfig(out=str(path), task=task, data_dir=args.data_dir, method="dsee", adapter=dict(DSEE, seed=seed),
-                       lr=args.source_lr, epochs=args.epochs, seed=seed, max_train_samples=args.max_train_samples)
+                       lr=args.source_lr, epochs=args.epochs, seed=seed, max_train_samples=args.max_train_samples,
+                       mixed_precision=args.glue_precision)
     resume = (path / "checkpoint.pt").is_file()
     print(f"\n=== {task} source seed={seed}", flush=True)
     train(config, resume=resume, overwrite=not resume)
