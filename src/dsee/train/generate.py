@@ -4,8 +4,8 @@
     evaluate_generation_run(RUN, split="validation")   decode the dev (or test) set and score it
 
 Prompts are ``source + PROMPT_END`` (``textgen``), left-padded so that every sequence of a batch
-continues from its last position; the output is the text generated after the prompt, up to the
-end token or the first line break. Beam search defaults follow LoRA's E2E recipe (paper §4: beam
+continues from its last position; the output is the first non-empty line of the text generated after
+the prompt (up to the end token). Beam search defaults follow LoRA's E2E recipe (paper §4: beam
 10, length penalty 0.8, no repeated 4-grams). A model with DSEE adapters is merged first: the same
 function, and decoding does not pay for the adapter branches.
 """
@@ -55,7 +55,7 @@ def generate_texts(model: nn.Module, tokenizer, sources: list[str], *, beams: in
         )
         for row in generated[:, width:]:
             text = tokenizer.decode(row, skip_special_tokens=True)
-            outputs.append(text.split("\n")[0].strip())
+            outputs.append(text.strip().split("\n")[0].strip())  # the first non-empty line
     return outputs
 
 
