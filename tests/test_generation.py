@@ -121,6 +121,12 @@ def test_train_generate_eval_on_e2e(tmp_path, decoder_dir):
                               max_eval_samples=6, max_length=64, epochs=1, batch_size=16, lr=1e-2,
                               label_smoothing=0.1, adapter={"rank": 2, "num_sparse": 8}), show_progress=False)
     assert metrics["main_metric"] == "neg_loss" and metrics["steps"] == 3
+    # sources over max_length / 2 = 32 tokens are cut: counted independently over the train and dev rows used
+    from dsee.train.pipeline import load_tokenizer
+
+    tok = load_tokenizer(decoder_dir)
+    rows = load_e2e(DATA, "train").subsample(48, 42).sources + load_e2e(DATA, "validation").first_items(6).sources
+    assert metrics["truncated_sources"] == sum(len(tok(s)["input_ids"]) > 32 for s in rows) > 0
     assert metrics["dev"]["validation"]["perplexity"] > 1
     # q and v of 2 layers, nothing else: r·(d_in + d_out) + N each; Llama's v is 48 -> 24 (2 key/value heads)
     d_v = 24 if "llama" in decoder_dir else 48

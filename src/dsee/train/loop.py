@@ -351,6 +351,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
         "wall_seconds": round(time.perf_counter() - wall_start, 2),
         "world_size": accelerator.num_processes,
     }
+    if data.task_type == "generation":
+        metrics["truncated_sources"] = data.truncated_sources  # train and dev rows whose source was cut
     metrics.update(model_figures(unwrapped, config))
     if main:
         save_json(run / METRICS, metrics)

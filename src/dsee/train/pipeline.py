@@ -26,6 +26,7 @@ class TaskData:
     task_type: str  # classification | regression
     label_list: list[str] | None
     metric_kind: str  # GLUE task name, or "classification" / "regression" for user data
+    truncated_sources: int = 0  # generation: sources cut to fit, over every split encoded so far
 
     @property
     def num_labels(self) -> int:
@@ -41,7 +42,9 @@ class TaskData:
         if self.task_type == "generation":
             from .textgen import encode_causal
 
-            return encode_causal(split, tokenizer, config.max_length, config.max_source_tokens).examples
+            encoded = encode_causal(split, tokenizer, config.max_length, config.max_source_tokens)
+            self.truncated_sources += encoded.truncated
+            return encoded.examples
         return encode(split, tokenizer, config.max_length)
 
     def collator(self, tokenizer):
