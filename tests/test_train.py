@@ -193,3 +193,12 @@ def test_regression_head_starts_at_the_mean_target(arch_name, layer_name):
     with torch.no_grad():  # the new head's weights are small: predictions start near the mean
         out = model(**batch()).logits
     assert (out - 2.75).abs().max() < 0.5
+
+
+def test_bf16_autocast_on_cpu_trains_and_keeps_float32_adapters(tmp_path, tiny_model_dir, csv_data):
+    metrics, model = train(_config(tmp_path / "bf16", tiny_model_dir, csv_data, eval_steps=0,
+                                   mixed_precision="bf16"), show_progress=False, return_model=True)
+    assert metrics["score"] > 0.8  # the easy cue-word task is still learned
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert query.lora_A.dtype == query.lora_B.dtype == torch.float32  # autocast computes in bf16, stores fp32
+    assert query.lora_B.abs().sum() > 0

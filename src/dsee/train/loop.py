@@ -71,6 +71,13 @@ def make_accelerator(config: RunConfig):
     # Under torchrun on a machine without GPUs, Accelerate runs distributed (gloo) only when told
     # it is on CPU: what `accelerate launch --cpu` would say.
     cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # Accelerate keeps one mixed-precision setting per process and refuses another; a second
+    # train() in the same process (a notebook, a script looping over settings) may ask for one.
+    # Reset only that part: the distributed state (PartialState) stays as it is.
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=precision, cpu=cpu_only)
 
 
