@@ -9,7 +9,7 @@ trained here with the same settings otherwise — then one `dsee prune` run per 
 Each finished run is appended to `benchmarks/prune_runs.jsonl` (with commit, date, machine) and
 never run again with the same settings, so the experiment continues where it stopped. The table
 (`prune_results.md`) gives each variant's dev score minus the unpruned source's, per task and on
-average, with the FLOPs of one forward pass at 128 tokens relative to the unpruned model; the plot
+average (the "retune only" control shows what the extra epochs of re-tuning alone do), with the FLOPs of one forward pass at 128 tokens relative to the unpruned model; the plot
 (`prune_results.png`) the score against FLOPs.
 
     python benchmarks/prune_experiment.py --data-dir ../shared/data/glue --out runs/prune
@@ -37,6 +37,8 @@ GLUE_RUNS = HERE / "glue_runs.jsonl"
 DSEE = {"rank": 16, "alpha": 32, "num_sparse": 64, "sparse_method": "grebsmo"}
 # name -> PruneSettings fields (source filled in per task)
 VARIANTS = {
+    # the control: the same re-tuning with nothing pruned (re-tuning alone adds training steps)
+    "retune only": dict(sparsity=0.0),
     "heads25+ffn25 delta": dict(heads=0.25, ffn=0.25, head_score="delta", ffn_score="magnitude"),
     "heads25+ffn25 importance": dict(heads=0.25, ffn=0.25, head_score="importance", ffn_score="importance"),
     "heads25+ffn40 importance": dict(heads=0.25, ffn=0.40, head_score="importance", ffn_score="importance"),

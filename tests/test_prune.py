@@ -108,3 +108,14 @@ def test_bad_requests(kwargs, match):
 def test_delta_score_needs_adapters():
     with pytest.raises(ValueError, match="no pruned matrix has a DSEE update"):
         unstructured_masks(tiny_classifier("bert"), 0.5, score="delta")
+
+
+def test_masked_form_trains_under_bf16_autocast():
+    model = _adapted()
+    apply_masks_(model, unstructured_masks(model, 0.5, score="weight", scope="global"))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch(), labels=torch.tensor([0, 1, 2])).loss
+    loss.backward()
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert query.lora_A.grad is not None and query.sparse_values.grad.dtype == torch.float32

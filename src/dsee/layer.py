@@ -121,9 +121,9 @@ class SparseLowRankDelta(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """Dense ΔW = s·(B·A + S), shape (d_out, d_in); for merging and analysis only."""
-        delta = self.lora_B @ self.lora_A
+        delta = self.lora_B @ self.lora_A  # under autocast: the autocast dtype
         if self.num_sparse:
-            delta = delta.flatten().index_add(0, self.sparse_indices, self.sparse_values)
+            delta = delta.flatten().index_add(0, self.sparse_indices, self.sparse_values.to(delta.dtype))
             delta = delta.view(self.out_features, self.in_features)
         return delta * self.scaling
 
