@@ -178,14 +178,18 @@ def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
     for t in tasks:
         mine = [e for e in entries if e["key"]["task"] == t and "heads" in e["key"]["variant"]
                 and "importance" in e["key"]["variant"]]
+        control = [e for e in entries if e["key"]["task"] == t and e["key"]["variant"] == "retune only"]
         if not mine:
             continue
-        points = sorted([(1.0, 100 * mine[0]["source"]["score"])]
+        # at 100% FLOPs the control: the same re-tuning with nothing removed (same training budget)
+        points = sorted([(1.0, 100 * statistics.mean(e["metrics"]["score"] for e in control))] * bool(control)
                         + [(e["metrics"]["flops"] / e["source"]["flops"], 100 * e["metrics"]["score"]) for e in mine])
-        ax.plot([100 * x for x, _ in points], [y for _, y in points], "o-", label=TASK_LABEL.get(t, t))
+        line, = ax.plot([100 * x for x, _ in points], [y for _, y in points], "o-", label=TASK_LABEL.get(t, t))
+        ax.plot([100], [100 * mine[0]["source"]["score"]], "x", color=line.get_color(), markersize=9,
+                label=f"{TASK_LABEL.get(t, t)} source, before re-tuning")
     ax.set_xlabel("inference FLOPs (% of unpruned, 128 tokens)")
     ax.set_ylabel("dev score (×100) after re-tuning")
-    ax.set_title("all-MiniLM-L6-v2 + DSEE: heads and FFN neurons removed (importance)")
+    ax.set_title("MiniLM-L6 + DSEE: heads + FFN neurons removed (importance), re-tuned", fontsize=10)
     ax.invert_xaxis()
     ax.grid(alpha=0.3)
     ax.legend()
