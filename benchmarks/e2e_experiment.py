@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--decode-items", type=int, default=100, help="distinct dev MRs decoded and scored")
     p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16"), help="bf16 autocast on CPU")
     p.add_argument("--runs-file", default=str(RUNS_PATH))
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--report-dir", default=str(HERE))
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_one(args, method: str, rank: int, seed: int, finished: list[dict]) -> dict | None:
     key = {"method": method, "rank": rank, "seed": seed, "model": args.model, "max_train_samples": args.max_train_samples,
            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "label_smoothing": args.label_smoothing,
-           "decode_items": args.decode_items, "beams": args.beams}
+           "decode_items": args.decode_items, "beams": args.beams, "mixed_precision": args.mixed_precision}
     for done in finished:
         if done["key"] == key:
             return done
@@ -71,7 +72,7 @@ def run_one(args, method: str, rank: int, seed: int, finished: list[dict]) -> di
                            adapter=adapter, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                            eval_batch_size=16, max_length=args.max_length, seed=seed,
                            max_train_samples=args.max_train_samples, max_eval_samples=args.decode_items,
-                           label_smoothing=args.label_smoothing)
+                           label_smoothing=args.label_smoothing, mixed_precision=args.mixed_precision)
         resume = (path / "checkpoint.pt").is_file()
         print(f"\n=== e2e {method} r={rank} seed={seed}", flush=True)
         train(config, resume=resume, overwrite=not resume)
