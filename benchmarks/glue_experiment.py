@@ -2,8 +2,9 @@
 
 For every task and method, one `dsee.train` run per setting (same loop, same epochs, same batches
 for every method). The learning rate of each (task, method) is searched at the first seed: every
-rate of the method's grid is run at seed 0 and the best dev score picks the rate; the other seeds
-run at that rate only. The support-selection ablations (Ω by magnitude, by random positions) are
+rate of the method's grid is run at seed 0 and the best dev score picks the rate (when the best is
+on the grid's edge, one rate further out, ×2 or ÷2, is tried too); the other seeds run at that rate
+only. The support-selection ablations (Ω by magnitude, by random positions) are
 DSEE with another support and take the rate searched for DSEE, to save CPU time. So does the
 diagnostic `dsee+pooler` (DSEE with the checkpoint's untrained BERT pooler trained in full, as full
 fine-tuning trains it), run at the first seed only. The table reports mean ± std over seeds at the
@@ -66,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--lrs-adapter", default="5e-4,1.5e-3", help="learning rates searched for lora and dsee")
     p.add_argument("--lrs-full", default="3e-5,1e-4", help="learning rates searched for full fine-tuning")
+    p.add_argument("--no-extend-edges", dest="extend_edges", action="store_false",
+                   help="do not try one rate beyond the grid when the best is on its edge")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
@@ -235,6 +238,16 @@ def main(argv=None) -> int:
                 metrics = run_one(args, task, method, lr, first, limits, finished)
                 if metrics is not None:
                     results.setdefault((task, method), {})[lr] = [metrics]
+            # a best rate on the edge of a searched grid says the optimum may lie outside it: one step
+            # further (×2 or ÷2), kept only if it scores better (best_lr decides)
+            by_lr = results.get((task, method), {})
+            if args.extend_edges and len(grid) > 1 and by_lr and len(by_lr) == len(grid):
+                best = best_lr(by_lr)
+                if best in (min(grid), max(grid)):
+                    lr = best * 2 if best == max(grid) else best / 2
+                    metrics = run_one(args, task, method, lr, first, limits, finished)
+                    if metrics is not None:
+                        by_lr[lr] = [metrics]
     for seed in rest:  # seed-major, so that a stopped experiment has every cell at fewer seeds
         for task in tasks:
             for method in methods:
