@@ -243,7 +243,8 @@ def main(argv=None) -> int:
             by_lr = results.get((task, method), {})
             if args.extend_edges and len(grid) > 1 and by_lr and len(by_lr) == len(grid):
                 best = best_lr(by_lr)
-                if best in (min(grid), max(grid)):
+                tie = sum(m[0]["score"] == by_lr[best][0]["score"] for m in by_lr.values()) > 1
+                if best in (min(grid), max(grid)) and not tie:  # a tie (e.g. all stuck at chance) says nothing
                     lr = best * 2 if best == max(grid) else best / 2
                     metrics = run_one(args, task, method, lr, first, limits, finished)
                     if metrics is not None:
