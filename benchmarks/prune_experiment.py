@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tasks", default="rte,mrpc,stsb,sst2")
     p.add_argument("--seeds", default="0")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--source-lrs", type=lambda t: [float(x) for x in t.split(",")], default=None,
+                   help="the GLUE experiment's DSEE rates a source may come from (default: every rate it ran); "
+                        "pins the sources when that experiment later tries more rates")
     p.add_argument("--source-lr", type=float, default=1.5e-3, help="when no GLUE-experiment run is there")
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--retune-epochs", type=float, default=2)
@@ -80,7 +83,8 @@ def glue_source(args, task: str, seed: int) -> Path | None:
         precision = s["settings"].get("mixed_precision", "no")
         if (s["settings"]["task"], s["settings"]["method"], s["settings"]["seed"], precision) == (
                 task, "dsee", 0, args.glue_precision):
-            scores[s["settings"]["lr"]] = s["metrics"]["score"]
+            if args.source_lrs is None or any(abs(s["settings"]["lr"] - lr) < 1e-12 for lr in args.source_lrs):
+                scores[s["settings"]["lr"]] = s["metrics"]["score"]
     if not scores:
         return None
     lr = max(sorted(scores), key=scores.get)
