@@ -1,6 +1,6 @@
 """E2E NLG on SmolLM2-135M: DSEE vs LoRA at the same rank (paper §4, data-to-text).
 
-For each rank r (default 4 and 8) and seed: a LoRA run (N = 0) and a DSEE run (N = 64, GreBsmo Ω)
+For each rank r (default 4, 8 and 16) and seed: a LoRA run (N = 0) and a DSEE run (N = 64, GreBsmo Ω)
 on q_proj and v_proj of every layer, trained on a seeded subset of the E2E training rows (the CPU
 budget), then decoded with beam search (beam 10, length penalty 0.8, no repeated 4-grams: LoRA's
 recipe) on the first `--decode-items` distinct meaning representations of the dev set, scored with
@@ -38,16 +38,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", required=True, help="the folder holding e2e/")
     p.add_argument("--model", default="models/smollm2-135m")
     p.add_argument("--out", default="runs/e2e")
-    p.add_argument("--ranks", default="4,8")
+    p.add_argument("--ranks", default="4,8,16")
     p.add_argument("--methods", default="lora,dsee")
     p.add_argument("--seeds", default="0")
-    p.add_argument("--max-train-samples", type=int, default=2000)
+    p.add_argument("--max-train-samples", type=int, default=1000)
     p.add_argument("--epochs", type=float, default=1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--decode-items", type=int, default=100, help="distinct dev MRs decoded and scored")
+    p.add_argument("--decode-items", type=int, default=50, help="distinct dev MRs decoded and scored")
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16"), help="bf16 autocast on CPU")
     p.add_argument("--runs-file", default=str(RUNS_PATH))
@@ -106,6 +106,62 @@ def table(entries: list[dict]) -> str:
     return "\n".join(lines) + "\n\nBLEU, METEOR, ROUGE-L ×100; NIST and CIDEr as is. Mean over seeds.\n"
 
 
+def paired_tests(args, entries: list[dict]) -> str:
+    """DSEE against LoRA at each (rank, seed) both finished: paired bootstrap of BLEU over the decoded MRs.
+
+    The outputs are read back from the run directories (``predictions_validation.txt``, written by the
+    decoding); a pair whose directories are gone is left out of this section.
+    """
+    from dsee.significance import paired_bootstrap_bleu
+    from dsee.train.textgen import load_e2e
+
+    _, references = load_e2e(args.data_dir, "validation").grouped()
+    references = references[:args.decode_items]
+    lines = []
+    for rank, seed in sorted({(e["key"]["rank"], e["key"]["seed"]) for e in entries}):
+        outputs = {}
+        for method in ("lora", "dsee"):
+            path = Path(args.out) / f"{method}-r{rank}" / f"seed{seed}" / "predictions_validation.txt"
+            if path.is_file():
+                outputs[method] = path.read_text().splitlines()
+        if len(outputs) < 2 or any(len(o) != len(references) for o in outputs.values()):
+            continue
+        t = paired_bootstrap_bleu(outputs["lora"], outputs["dsee"], references, resamples=1000)
+        lines.append(f"| {rank} | {seed} | {100 * t['baseline']:.2f} | {100 * t['system']:.2f} | "
+                     f"{100 * t['delta']:+.2f} | {t['p_value']:.3f} |")
+    if not lines:
+        return ""
+    return ("\nDSEE against LoRA, paired bootstrap of BLEU over the same decoded MRs (1,000 draws, two-sided):\n\n"
+            "| rank | seed | LoRA BLEU | DSEE BLEU | Δ | p |\n|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
+def plot(entries: list[dict], path: Path) -> None:
+    """BLEU against rank, one line per method, one dot per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method, marker in (("lora", "o"), ("dsee", "s")):
+        mine = [e for e in entries if e["key"]["method"] == method]
+        ranks = sorted({e["key"]["rank"] for e in mine})
+        if not ranks:
+            continue
+        means = [100 * statistics.mean(e["scores"]["bleu"] for e in mine if e["key"]["rank"] == r) for r in ranks]
+        line, = ax.plot(ranks, means, marker=marker, label=method.upper() if method == "dsee" else "LoRA")
+        ax.scatter([e["key"]["rank"] for e in mine], [100 * e["scores"]["bleu"] for e in mine],
+                   color=line.get_color(), alpha=0.35, s=14)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("BLEU (dev subset; line: mean over seeds)")
+    ax.set_title("SmolLM2-135M on E2E: DSEE (N=64) vs LoRA")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     finished = [json.loads(line)["results"] for line in Path(args.runs_file).read_text().splitlines()
@@ -117,10 +173,12 @@ def main(argv=None) -> int:
                 entry = run_one(args, method, rank, seed, finished)
                 if entry is not None:
                     entries.append(entry)
-    text = table(entries)
+    text = table(entries) + paired_tests(args, entries)
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
     (report / "e2e_results.md").write_text(text)
+    if entries:
+        plot(entries, report / "e2e_results.png")
     print(text)
     return 0
 

@@ -184,15 +184,23 @@ def _mteval_tokenize(texts: Iterable[str]) -> list[str]:
     return [tokenize(_WHITESPACE.sub(" ", t).strip().translate(_ASCII_LOWER)) for t in texts]
 
 
+def _reference_streams(refs: list[list[str]]) -> list[list[str | None]]:
+    """sacrebleu's layout: one stream per reference position; None marks "this item has fewer references"."""
+    width = max(len(g) for g in refs)
+    return [[g[k] if k < len(g) else None for g in refs] for k in range(width)]
+
+
+def _bleu_metric(**kwargs):
+    """sacrebleu's BLEU set up as mteval-v13a on already tokenised text (see the module docstring)."""
+    bleu_mod = _require("sacrebleu.metrics.bleu", "BLEU")
+    return bleu_mod.BLEU(lowercase=False, tokenize="none", smooth_method="exp", force=True, max_ngram_order=4,
+                         **kwargs)
+
+
 def _bleu(hyps: list[str], refs: list[list[str]]) -> float:
     """Corpus BLEU-4 of mteval-v13a on tokenised text: clipped counts over all references, brevity penalty
     from the reference closest in length (the shorter on a tie), mteval's smoothing for empty orders."""
-    bleu_mod = _require("sacrebleu.metrics.bleu", "BLEU")
-    width = max(len(g) for g in refs)
-    # sacrebleu takes one stream per reference position; None marks "this item has fewer references".
-    streams = [[g[k] if k < len(g) else None for g in refs] for k in range(width)]
-    metric = bleu_mod.BLEU(lowercase=False, tokenize="none", smooth_method="exp", force=True, max_ngram_order=4)
-    return float(metric.corpus_score(hyps, streams).score) / 100.0
+    return float(_bleu_metric().corpus_score(hyps, _reference_streams(refs)).score) / 100.0
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:
