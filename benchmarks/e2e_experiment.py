@@ -153,8 +153,11 @@ def plot(entries: list[dict], path: Path) -> None:
         ax.scatter([e["key"]["rank"] for e in mine], [100 * e["scores"]["bleu"] for e in mine],
                    color=line.get_color(), alpha=0.35, s=14)
     ax.set_xscale("log", base=2)
+    all_ranks = sorted({e["key"]["rank"] for e in entries})
+    ax.set_xticks(all_ranks, [str(r) for r in all_ranks])
+    ax.minorticks_off()
     ax.set_xlabel("rank r")
-    ax.set_ylabel("BLEU (dev subset; line: mean over seeds)")
+    ax.set_ylabel("BLEU, dev subset (line: seed mean)")
     ax.set_title("SmolLM2-135M on E2E: DSEE (N=64) vs LoRA")
     ax.grid(alpha=0.3)
     ax.legend()
