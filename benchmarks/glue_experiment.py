@@ -192,6 +192,39 @@ def markdown(table: dict, tasks: list[str], methods: list[str]) -> str:
             f"\nChosen learning rates (searched at the first seed): {lrs}.\n")
 
 
+def seed_averages(results: dict, tasks: list[str], methods: list[str]) -> dict[str, dict[int, float]]:
+    """{method: {seed: average over all tasks}} at the chosen rates, for the seeds finished on every task."""
+    out: dict[str, dict[int, float]] = {}
+    for method in methods:
+        per_task = []
+        for task in tasks:
+            by_lr = results.get((task, method))
+            if not by_lr:
+                break
+            per_task.append({m["seed"]: 100 * m["score"] for m in by_lr[best_lr(by_lr)]})
+        else:
+            common = set.intersection(*(set(d) for d in per_task)) if per_task else set()
+            out[method] = {seed: statistics.mean(d[seed] for d in per_task) for seed in sorted(common)}
+    return out
+
+
+def by_seed_markdown(results: dict, tasks: list[str], methods: list[str]) -> str:
+    """The task average per seed, and DSEE's paired difference (same seed, same data order) to each method."""
+    averages = seed_averages(results, tasks, methods)
+    seeds = sorted({s for by_seed in averages.values() for s in by_seed})
+    if not seeds:
+        return ""
+    lines = ["", "Average over the tasks, by seed (a seed is counted once it has finished on every task):", "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | DSEE − method, by seed |",
+             "|" + "---|" * (len(seeds) + 2)]
+    dsee = averages.get("dsee", {})
+    for method, by_seed in averages.items():
+        cells = [f"{by_seed[s]:.2f}" if s in by_seed else "–" for s in seeds]
+        diffs = [f"{dsee[s] - by_seed[s]:+.2f}" for s in seeds if s in by_seed and s in dsee]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {', '.join(diffs) if method != 'dsee' else ''} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(table: dict, tasks: list[str], methods: list[str], path: Path) -> None:
     import matplotlib
 
@@ -237,7 +270,7 @@ def main(argv=None) -> int:
             for lr in grid:
                 metrics = run_one(args, task, method, lr, first, limits, finished)
                 if metrics is not None:
-                    results.setdefault((task, method), {})[lr] = [metrics]
+                    results.setdefault((task, method), {})[lr] = [dict(metrics, seed=first)]
             # a best rate on the edge of a searched grid says the optimum may lie outside it: one step
             # further (×2 or ÷2), kept only if it scores better (best_lr decides)
             by_lr = results.get((task, method), {})
@@ -248,7 +281,7 @@ def main(argv=None) -> int:
                     lr = best * 2 if best == max(grid) else best / 2
                     metrics = run_one(args, task, method, lr, first, limits, finished)
                     if metrics is not None:
-                        by_lr[lr] = [metrics]
+                        by_lr[lr] = [dict(metrics, seed=first)]
     for seed in rest:  # seed-major, so that a stopped experiment has every cell at fewer seeds
         for task in tasks:
             for method in methods:
@@ -258,9 +291,9 @@ def main(argv=None) -> int:
                 lr = best_lr(by_lr)
                 metrics = run_one(args, task, method, lr, seed, limits, finished)
                 if metrics is not None:
-                    by_lr[lr].append(metrics)
+                    by_lr[lr].append(dict(metrics, seed=seed))
     table = aggregate(results, tasks, methods)
-    text = markdown(table, tasks, methods)
+    text = markdown(table, tasks, methods) + by_seed_markdown(results, tasks, methods)
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
     (report / "glue_results.md").write_text(text)
