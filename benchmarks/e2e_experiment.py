@@ -143,13 +143,13 @@ def plot(entries: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for method, marker in (("lora", "o"), ("dsee", "s")):
+    for method, marker, label in (("lora", "o", "LoRA"), ("dsee", "s", "DSEE")):
         mine = [e for e in entries if e["key"]["method"] == method]
         ranks = sorted({e["key"]["rank"] for e in mine})
         if not ranks:
             continue
         means = [100 * statistics.mean(e["scores"]["bleu"] for e in mine if e["key"]["rank"] == r) for r in ranks]
-        line, = ax.plot(ranks, means, marker=marker, label=method.upper() if method == "dsee" else "LoRA")
+        line, = ax.plot(ranks, means, marker=marker, label=label)
         ax.scatter([e["key"]["rank"] for e in mine], [100 * e["scores"]["bleu"] for e in mine],
                    color=line.get_color(), alpha=0.35, s=14)
     ax.set_xscale("log", base=2)

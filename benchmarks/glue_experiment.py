@@ -109,10 +109,11 @@ def load_finished(path: Path) -> list[dict]:
 
 def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str, int],
             finished: list[dict]) -> dict | None:
+    """The kept metrics of one run, with its ``seed``: recorded ones, or trained now (None if report-only)."""
     key = settings_key(args, task, method, lr, seed, limits)
     for done in finished:
         if done["settings"] == key:
-            return done["metrics"]
+            return dict(done["metrics"], seed=seed)
     if args.report_only:
         return None
     path = run_dir(Path(args.out), task, method, lr, seed, args.mixed_precision)
@@ -132,7 +133,7 @@ def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str
                                     "train_examples_per_second", "best_step", "steps")}
     record("glue_run", {"settings": key, "metrics": kept}, path=args.runs_file)
     finished.append({"settings": key, "metrics": kept})
-    return kept
+    return dict(kept, seed=seed)
 
 
 def best_lr(by_lr: dict[float, list[dict]]) -> float:
@@ -270,7 +271,7 @@ def main(argv=None) -> int:
             for lr in grid:
                 metrics = run_one(args, task, method, lr, first, limits, finished)
                 if metrics is not None:
-                    results.setdefault((task, method), {})[lr] = [dict(metrics, seed=first)]
+                    results.setdefault((task, method), {})[lr] = [metrics]
             # a best rate on the edge of a searched grid says the optimum may lie outside it: one step
             # further (×2 or ÷2), kept only if it scores better (best_lr decides)
             by_lr = results.get((task, method), {})
@@ -281,7 +282,7 @@ def main(argv=None) -> int:
                     lr = best * 2 if best == max(grid) else best / 2
                     metrics = run_one(args, task, method, lr, first, limits, finished)
                     if metrics is not None:
-                        by_lr[lr] = [dict(metrics, seed=first)]
+                        by_lr[lr] = [metrics]
     for seed in rest:  # seed-major, so that a stopped experiment has every cell at fewer seeds
         for task in tasks:
             for method in methods:
@@ -291,7 +292,7 @@ def main(argv=None) -> int:
                 lr = best_lr(by_lr)
                 metrics = run_one(args, task, method, lr, seed, limits, finished)
                 if metrics is not None:
-                    by_lr[lr].append(dict(metrics, seed=seed))
+                    by_lr[lr].append(metrics)
     table = aggregate(results, tasks, methods)
     text = markdown(table, tasks, methods) + by_seed_markdown(results, tasks, methods)
     report = Path(args.report_dir)
