@@ -15,7 +15,10 @@ def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rank", type=int, default=16, help="r, rank of B·A (default 16)")
     group.add_argument("--alpha", type=float, default=32, help="scale s = alpha / r (default 32)")
     group.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapter input")
-    group.add_argument("--num-sparse", type=int, default=64, help="N, sparse entries per matrix (default 64)")
+    group.add_argument("--num-sparse", type=int, default=None,
+                       help="N, sparse entries per matrix (default 64 unless --sparse-density is given)")
+    group.add_argument("--sparse-density", type=float, default=None,
+                       help="the sparse budget as a share of each adapted matrix, e.g. 0.01 (instead of --num-sparse)")
     group.add_argument("--sparse-method", choices=SPARSE_METHODS, default="grebsmo", help="how Ω is chosen")
     group.add_argument("--targets", default=None, help="comma-separated module names/suffixes/regexes (default: q and v)")
     group.add_argument("--modules-to-save", default=None,
@@ -39,6 +42,7 @@ def config_from_args(args: argparse.Namespace):
         alpha=args.alpha,
         dropout=args.dropout,
         num_sparse=args.num_sparse,
+        sparse_density=args.sparse_density,
         sparse_method=args.sparse_method,
         targets=targets,
         modules_to_save=names_list(args.modules_to_save),
@@ -82,6 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         task_type=args.task_type, source_column=args.source_column, target_column=args.target_column,
         label_smoothing=args.label_smoothing, max_source_tokens=args.max_source_tokens, max_length=args.max_length, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, method=args.method, adapter=adapter, lr=args.lr,
+        support_batches=args.support_batches, support_warmup_steps=args.support_warmup_steps,
         epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm or None, seed=args.seed, eval_steps=args.eval_steps,
@@ -292,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--eval-steps", type=int, default=0, help="evaluate and checkpoint every K steps")
     opt.add_argument("--no-eval-per-epoch", action="store_true")
     opt.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
+    sup = tr.add_argument_group("data-aware support (--sparse-method gradient)")
+    sup.add_argument("--support-batches", type=int, default=8,
+                     help="K training batches whose squared gradients w.r.t. W0 rank the positions (default 8)")
+    sup.add_argument("--support-warmup-steps", type=int, default=0,
+                     help="W steps of LoRA-only training first; the gradients are then taken at W0 + B·A "
+                          "and the warmed-up LoRA is discarded (default 0)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SPARSE_METHODS = ("grebsmo", "upstream", "magnitude", "random")
+SPARSE_METHODS = ("grebsmo", "upstream", "magnitude", "random", "gradient")
 INIT_MODES = ("zero", "upstream")
 CONFIG_NAME = "dsee_config.json"
+DEFAULT_NUM_SPARSE = 64  # N when neither num_sparse nor sparse_density is given (the paper's budget is 16-64)
 
 
 def _as_tuple(value: Any, name: str) -> tuple[str, ...] | None:
@@ -45,10 +47,15 @@ class DSEEConfig:
         alpha: the scale is s = alpha / rank (as in LoRA).
         dropout: dropout on the adapter branch's input (not on the frozen path).
         num_sparse: N, the number of trainable entries of S per adapted matrix (paper §3.1).
-            With N = 0 DSEE is exactly LoRA.
-        sparse_method: how Ω (the support of S) is chosen from the pre-trained weight W0:
+            With N = 0 DSEE is exactly LoRA. Default 64 when ``sparse_density`` is not given.
+        sparse_density: the budget of S as a share of each adapted matrix instead: a
+            (d_out × d_in) matrix gets N = round(density · d_out · d_in) entries (a fused slice:
+            of its own rows). Give either this or ``num_sparse``, not both.
+        sparse_method: how Ω (the support of S) is chosen: from the pre-trained weight W0,
             "grebsmo" (W0 ≈ L + S', top-N |S'|, paper §3.1), "upstream" (the released code's
-            decomposition, always exactly N), "magnitude" (top-N |W0|), "random".
+            decomposition, always exactly N), "magnitude" (top-N |W0|), "random"; from data,
+            "gradient" (top-N of the squared gradients of the training loss with respect to W0,
+            summed over a few batches, as RoSA does: ``add_dsee(..., batches=...)``).
         targets: which modules to adapt: exact module name, dotted suffix or regular expression.
             None means the architecture's default (query and value).
         modules_to_save: modules trained in full (by the same matching rules). None means the task
@@ -61,7 +68,8 @@ class DSEEConfig:
     rank: int = 16
     alpha: float = 32
     dropout: float = 0.0
-    num_sparse: int = 64
+    num_sparse: int | None = None
+    sparse_density: float | None = None
     sparse_method: str = "grebsmo"
     targets: tuple[str, ...] | None = None
     modules_to_save: tuple[str, ...] | None = None
@@ -74,22 +82,55 @@ class DSEEConfig:
 
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
             raise bad("rank", "must be an integer >= 0")
-        if isinstance(self.num_sparse, bool) or not isinstance(self.num_sparse, int) or self.num_sparse < 0:
+        if self.num_sparse is not None and self.sparse_density is not None:
+            raise bad("num_sparse", f"and sparse_density={self.sparse_density!r} are both given: the budget of S "
+                      "is either a count per matrix or a density (set num_sparse=None to use a density)")
+        if self.num_sparse is None and self.sparse_density is None:
+            object.__setattr__(self, "num_sparse", DEFAULT_NUM_SPARSE)
+        if self.num_sparse is not None and (
+            isinstance(self.num_sparse, bool) or not isinstance(self.num_sparse, int) or self.num_sparse < 0
+        ):
             raise bad("num_sparse", "must be an integer >= 0")
-        if self.rank == 0 and self.num_sparse == 0:
-            raise bad("rank", "rank and num_sparse are both 0: the adapter would have nothing to train")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or self.alpha <= 0:
+        if self.sparse_density is not None and (
+            isinstance(self.sparse_density, bool) or not isinstance(self.sparse_density, (int, float))
+            or not math.isfinite(self.sparse_density) or not 0 <= self.sparse_density <= 1
+        ):
+            raise bad("sparse_density", "must be a number in [0, 1]")
+        if self.rank == 0 and not (self.num_sparse or self.sparse_density):
+            raise bad("rank", "rank and the sparse budget are both 0: the adapter would have nothing to train")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not math.isfinite(self.alpha) \
+                or self.alpha <= 0:
             raise bad("alpha", "must be a positive number")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "must be in [0, 1)")
-        if self.sparse_method not in SPARSE_METHODS:
-            raise bad("sparse_method", f"unknown method; choose one of {', '.join(SPARSE_METHODS)}")
+        from .decompose import SUPPORT_METHODS  # the registry: methods added by users validate too
+
+        if self.sparse_method not in SUPPORT_METHODS:
+            raise bad("sparse_method", f"unknown method; choose one of {', '.join(SUPPORT_METHODS)}")
         if self.init not in INIT_MODES:
             raise bad("init", f"unknown init; choose one of {', '.join(INIT_MODES)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
         object.__setattr__(self, "targets", _as_tuple(self.targets, "targets"))
         object.__setattr__(self, "modules_to_save", _as_tuple(self.modules_to_save, "modules_to_save"))
+
+    def sparse_count(self, d_out: int, d_in: int) -> int:
+        """N for one adapted (d_out × d_in) matrix or slice: ``num_sparse``, or round(density · d_out · d_in)."""
+        if self.num_sparse is not None:
+            return self.num_sparse
+        return round(self.sparse_density * d_out * d_in)
+
+    @property
+    def sparse_budget(self) -> str:
+        """The budget of S in words: "N=64" or "density=1%"."""
+        if self.num_sparse is not None:
+            return f"N={self.num_sparse}"
+        return f"density={100 * self.sparse_density:g}%"
+
+    @property
+    def has_sparse(self) -> bool:
+        """True when S has any entries (False for LoRA: N = 0 or density 0)."""
+        return bool(self.num_sparse or self.sparse_density)
 
     @property
     def scaling(self) -> float:

@@ -1,9 +1,9 @@
-"""Choosing Ω, the support of the sparse update S, from the pre-trained weight (paper §3.1).
+"""Choosing Ω, the support of the sparse update S (paper §3.1).
 
     W0 (m × n)  ≈  L (rank k)  +  S' (sparse)          Ω = the N positions of largest |S'|
 
 The intuition: the entries a low-rank model of W0 explains worst are where a sparse correction is
-worth spending parameters. Four ways to choose Ω:
+worth spending parameters. Ways to choose Ω, each registered by name in ``SUPPORT_METHODS``:
 
 - ``grebsmo``: GreBsmo (Zhou & Tao, 2013), a greedy bilateral-sketch robust PCA. L = X·Y is fit by
   subspace (power) iterations with QR; S' is the soft-thresholded residual; the rank grows by a
@@ -12,15 +12,55 @@ worth spending parameters. Four ways to choose Ω:
   an absolute 0.01, rank 1, 6, 11, ... 496), but always exactly N positions.
 - ``magnitude``: the N largest |W0|.
 - ``random``: N positions uniformly at random.
+- ``gradient`` (needs data): the N largest Σ_k (∂L_k/∂W0)² over K training batches, a diagonal
+  Fisher estimate; RoSA's choice (Nikdan et al. 2024). The statistic comes from
+  ``calibration.squared_gradients``; here it is only ranked.
 
-Everything here is pure tensor code: deterministic given the seed, on the weight's device.
+A method is a function ``(weight, N, generator, statistics, **options) -> indices``; adding one is
+a function with ``@register_support_method``. Everything here is pure tensor code: deterministic
+given the seed, on the weight's device.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
 import torch
 
-METHODS = ("grebsmo", "upstream", "magnitude", "random")
+
+@dataclass(frozen=True)
+class SupportMethod:
+    """A named way to choose Ω. ``needs``: statistics from data it reads (e.g. ``("grad_sq",)``)."""
+
+    name: str
+    select: Callable[..., torch.Tensor]
+    needs: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def needs_data(self) -> bool:
+        return bool(self.needs)
+
+
+SUPPORT_METHODS: dict[str, SupportMethod] = {}
+
+
+def register_support_method(name: str, *, needs: tuple[str, ...] = (), description: str = ""):
+    """Register ``fn(weight (m, n) float32, num_sparse, generator, statistics, **options) -> (N,) indices``."""
+
+    def register(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        text = description or (fn.__doc__ or "").strip().splitlines()[0]
+        SUPPORT_METHODS[name] = SupportMethod(name, fn, tuple(needs), text)
+        return fn
+
+    return register
+
+
+def support_method(name: str) -> SupportMethod:
+    if name not in SUPPORT_METHODS:
+        raise ValueError(f"unknown sparse_method {name!r}; choose one of {', '.join(SUPPORT_METHODS)}")
+    return SUPPORT_METHODS[name]
 
 
 def compute_support(
@@ -29,22 +69,23 @@ def compute_support(
     method: str = "grebsmo",
     seed: int = 0,
     *,
-    rank: int | None = None,
+    statistics: Mapping[str, torch.Tensor] | None = None,
+    **options,
 ) -> torch.Tensor:
     """Return exactly ``num_sparse`` distinct flat (row-major) indices into ``weight``, ascending.
 
     Args:
         weight: W0, shape (m, n), any float dtype, any device; not modified.
         num_sparse: N, 0 <= N <= m·n.
-        method: "grebsmo", "upstream", "magnitude" or "random" (see the module docstring).
+        method: a name in ``SUPPORT_METHODS`` (see the module docstring).
         seed: seeds the random sketches (grebsmo, upstream) and the random support.
-        rank: target rank of L for "grebsmo"; default ``default_rank(weight.shape)``.
+        statistics: what a data-aware method reads, each (m, n): ``grad_sq`` for "gradient".
+        options: method options, e.g. ``rank`` (GreBsmo's target rank; default ``default_rank``).
 
     Returns:
         LongTensor of shape (N,) on ``weight``'s device.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown sparse_method {method!r}; choose one of {', '.join(METHODS)}")
+    chosen = support_method(method)
     if weight.dim() != 2:
         raise ValueError(f"compute_support needs a 2-D weight, got shape {tuple(weight.shape)}")
     numel = weight.numel()
@@ -54,24 +95,56 @@ def compute_support(
         )
     if num_sparse == 0:
         return torch.empty(0, dtype=torch.long, device=weight.device)
+    statistics = dict(statistics or {})
+    missing = [name for name in chosen.needs if name not in statistics]
+    if missing:
+        raise ValueError(f"sparse_method {method!r} chooses Ω from data and needs {missing}: "
+                         "pass training batches (add_dsee(model, config, batches=...))")
+    for name in chosen.needs:
+        if tuple(statistics[name].shape) != tuple(weight.shape):
+            raise ValueError(f"statistic {name!r} has shape {tuple(statistics[name].shape)}, "
+                             f"the weight {tuple(weight.shape)}")
     w = weight.detach().float()
     if not torch.isfinite(w).all():
         raise ValueError("compute_support: the weight holds NaN or infinite values")
     generator = torch.Generator(device=w.device).manual_seed(seed)
+    return chosen.select(w, num_sparse, generator, statistics, **options)
 
-    if method == "random":
-        return torch.randperm(numel, generator=generator, device=w.device)[:num_sparse].sort().values
-    if method == "magnitude":
-        score = w.abs()
-    elif method == "grebsmo":
-        low_rank = grebsmo(w, rank or default_rank(w.shape), generator=generator)
-        score = (w - low_rank).abs()
-    else:
-        low_rank = upstream_low_rank(w, generator=generator)
-        score = (w - low_rank).abs()
-    # |W0 - L| orders entries exactly as |S'| does wherever S' is non-zero (both thresholds are
-    # monotone in |W0 - L|), and still ranks the rest when fewer than N entries survive.
-    return top_n_indices(score, num_sparse)
+
+# |W0 - L| orders entries exactly as |S'| does wherever S' is non-zero (both thresholds are
+# monotone in |W0 - L|), and still ranks the rest when fewer than N entries survive.
+@register_support_method("grebsmo")
+def _grebsmo_support(w, num_sparse, generator, statistics, rank: int | None = None):
+    """W0 ≈ L + S' by GreBsmo, the N largest |S'| (paper §3.1; the default)."""
+    return top_n_indices((w - grebsmo(w, rank or default_rank(w.shape), generator=generator)).abs(), num_sparse)
+
+
+@register_support_method("upstream")
+def _upstream_support(w, num_sparse, generator, statistics):
+    """The released code's decomposition (100 rounds, hard threshold 0.01), exactly N positions."""
+    return top_n_indices((w - upstream_low_rank(w, generator=generator)).abs(), num_sparse)
+
+
+@register_support_method("magnitude")
+def _magnitude_support(w, num_sparse, generator, statistics):
+    """The N largest |W0| (a paper ablation)."""
+    return top_n_indices(w.abs(), num_sparse)
+
+
+@register_support_method("random")
+def _random_support(w, num_sparse, generator, statistics):
+    """N positions uniformly at random (a paper ablation)."""
+    return torch.randperm(w.numel(), generator=generator, device=w.device)[:num_sparse].sort().values
+
+
+@register_support_method("gradient", needs=("grad_sq",))
+def _gradient_support(w, num_sparse, generator, statistics):
+    """The N largest summed squared gradients of the training loss w.r.t. W0 (RoSA; needs data)."""
+    grad_sq = statistics["grad_sq"].to(w.device).float()
+    if not torch.isfinite(grad_sq).all():
+        raise ValueError("sparse_method 'gradient': the squared gradients hold NaN or infinite values "
+                         "(a diverged loss on the support batches?)")
+    return top_n_indices(grad_sq, num_sparse)
 
 
 def top_n_indices(score: torch.Tensor, n: int) -> torch.Tensor:
@@ -205,3 +278,7 @@ def upstream_low_rank(
             residual = weight - low_rank
             sparse = residual * (residual.abs() > threshold)
     return low_rank
+
+
+# the methods that read only the weight (``compute_support(weight, N, method)`` needs nothing else)
+METHODS = tuple(name for name, method in SUPPORT_METHODS.items() if not method.needs_data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,8 @@ from torch import nn
 
 from .arch import HEAD_NAMES, architecture, name_matches, num_attention_heads
 from .config import DSEEConfig
-from .decompose import compute_support
+from .calibration import LossFn
+from .decompose import compute_support, support_method
 from .layer import LINEAR_TYPES, DSEELinear, linear_shape, linear_weight
 
 
@@ -58,46 +60,72 @@ def dsee_layers(model: nn.Module) -> list[tuple[str, DSEELinear]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, DSEELinear)]
 
 
-def add_dsee(model: nn.Module, config: DSEEConfig) -> nn.Module:
+def add_dsee(model: nn.Module, config: DSEEConfig, *, batches: Iterable[dict] | None = None,
+             loss_fn: LossFn | None = None, statistics: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """Put ΔW = s·(B·A + S) on the matched layers of ``model`` (in place) and return it.
 
-    Ω (the support of S) is chosen per matrix from its pre-trained weight with
-    ``config.sparse_method``. Everything but the adapters and ``modules_to_save`` is frozen.
-    Raises ValueError, changing nothing, when the model is already adapted, nothing matches, or
-    ``rank`` / ``num_sparse`` do not fit a matched matrix.
+    Ω (the support of S) is chosen per matrix with ``config.sparse_method``: from its pre-trained
+    weight, or for a data-aware method (``"gradient"``) from ``batches`` (dicts the model takes,
+    with labels; ``loss_fn(model, batch)`` gives the loss if the model's own ``.loss`` is not it)
+    or from precomputed ``statistics`` (``{module name: (d_out, d_in) tensor}``, e.g. squared
+    gradients after a warm-up). Everything but the adapters and ``modules_to_save`` is frozen.
+    Raises ValueError, changing nothing, when the model is already adapted, nothing matches,
+    ``rank`` / the sparse budget do not fit a matched matrix, or the method's data is missing.
     """
-    return inject(model, config, select_support=True)
+    return inject(model, config, select_support=True, batches=batches, loss_fn=loss_fn, statistics=statistics)
 
 
-def inject(model: nn.Module, config: DSEEConfig, *, select_support: bool) -> nn.Module:
+def inject(model: nn.Module, config: DSEEConfig, *, select_support: bool, batches: Iterable[dict] | None = None,
+           loss_fn: LossFn | None = None, statistics: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """``add_dsee``; with ``select_support=False`` Ω is left as placeholders to be loaded."""
     if not isinstance(config, DSEEConfig):
         raise TypeError(f"config must be a DSEEConfig, got {type(config).__name__}")
     if is_adapted(model):
         raise ValueError("add_dsee: this model already has DSEE adapters; call merge_dsee or remove_dsee first")
+    method = support_method(config.sparse_method)
+    data_given = batches is not None or statistics is not None
+    if select_support and config.has_sparse and method.needs_data and not data_given:
+        raise ValueError(f"sparse_method={config.sparse_method!r} chooses Ω from training data: pass "
+                         "batches=[...] (dicts the model takes, with labels) or statistics={...}")
+    if data_given and not (select_support and method.needs_data):
+        raise ValueError(f"batches / statistics are read only by a data-aware sparse_method (gradient), "
+                         f"not by {config.sparse_method!r}")
     saved = resolve_modules_to_save(model, config)
     targets = resolve_targets(model, config, exclude=saved)
     check_fits(targets, config)
 
     supports: dict[tuple[str, str], torch.Tensor] = {}
-    if select_support:  # the slow part: before any change, so an error here leaves the model as it was
+    if select_support and config.has_sparse:  # the slow part: before any change, so an error here changes nothing
+        if method.needs_data and statistics is None:
+            from .calibration import squared_gradients
+
+            statistics = squared_gradients(model, [t.name for t in targets], batches, loss_fn)
         for t in targets:
             weight = linear_weight(t.module)
             for slice_name, rows in t.slices.items():
                 w = weight if rows is None else weight[rows.to(weight.device)]
+                stats = {}
+                if method.needs_data:
+                    if t.name not in statistics:
+                        raise ValueError(f"statistics has no entry for {t.name}")
+                    full = statistics[t.name]
+                    stats = {method.needs[0]: full if rows is None else full[rows.to(full.device)]}
                 supports[t.name, slice_name] = compute_support(
-                    w, config.num_sparse, config.sparse_method, seed=module_seed(config.seed, t.name, slice_name)
+                    w, config.sparse_count(*w.shape), config.sparse_method,
+                    seed=module_seed(config.seed, t.name, slice_name), statistics=stats,
                 )
 
     for p in model.parameters():
         p.requires_grad_(False)
     for t in targets:
-        layer = DSEELinear(t.module, t.slices, config.rank, config.num_sparse, config.scaling, config.dropout)
+        d_out, d_in = linear_shape(t.module)
+        counts = {s: config.sparse_count(d_out if rows is None else len(rows), d_in) for s, rows in t.slices.items()}
+        layer = DSEELinear(t.module, t.slices, config.rank, counts, config.scaling, config.dropout)
         for slice_name, delta, _ in layer.deltas():
             seed = module_seed(config.seed, t.name, slice_name)
             generator = torch.Generator(device=delta.lora_A.device).manual_seed(seed)
             delta.reset_parameters(config.init, generator)
-            if select_support:
+            if select_support and (t.name, slice_name) in supports:
                 delta.sparse_indices.copy_(supports[t.name, slice_name])
         set_submodule(model, t.name, layer)
     for name in saved:
@@ -235,7 +263,7 @@ def check_fits(targets: list[_Target], config: DSEEConfig) -> None:
             where = t.name + (f" (slice {slice_name})" if slice_name else "")
             if config.rank > min(rows_out, d_in):
                 raise ValueError(f"rank={config.rank} exceeds min(d_out, d_in) = {min(rows_out, d_in)} of {where}")
-            if config.num_sparse > rows_out * d_in:
+            if config.sparse_count(rows_out, d_in) > rows_out * d_in:
                 raise ValueError(
                     f"num_sparse={config.num_sparse} exceeds the {rows_out}×{d_in} = {rows_out * d_in} entries of {where}"
                 )

@@ -7,8 +7,12 @@
 
     y = x·W0ᵀ + b + s·(x·Aᵀ·Bᵀ + x·Sᵀ)
 
-S is never a dense d_out × d_in tensor: its N values sit at fixed flat indices Ω (chosen from W0
-before training), and x·Sᵀ is a gather of N input columns and a scatter-add into N output rows.
+S is never a dense d_out × d_in parameter: its N values sit at fixed flat indices Ω (chosen from
+W0 before training). Its product with x never builds anything of size tokens × N either
+(``sparse_ops``): without active adapter dropout, s·S is folded into a transient copy of W0, so
+the frozen and the sparse path share one matmul, y = x·(W0 + s·S)ᵀ + b + s·x·Aᵀ·Bᵀ; with dropout
+the sparse branch is a CSR sparse-dense product. Either way the gradient of the N values is a
+sampled dense-dense product at Ω.
 
 A fused projection (GPT-2's ``c_attn``, DeBERTa's ``in_proj``) holds q, k and v in one matrix.
 ``DSEELinear`` then carries one ``SparseLowRankDelta`` per adapted slice, each with its own
@@ -27,6 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .sparse_ops import folded_linear, sparse_matmul
 
 try:  # GPT-2's Conv1D: y = x·W + b with W stored (in × out), i.e. loralib's fan_in_fan_out
     from transformers.pytorch_utils import Conv1D
@@ -108,15 +114,26 @@ class SparseLowRankDelta(nn.Module):
         rows = torch.div(self.sparse_indices, self.in_features, rounding_mode="floor")
         return rows, self.sparse_indices - rows * self.in_features
 
+    @property
+    def dropout_active(self) -> bool:
+        """True when the adapter's input dropout changes its input (training with p > 0)."""
+        return isinstance(self.dropout, nn.Dropout) and self.dropout.training and self.dropout.p > 0
+
+    def low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., d_in) -> s·x·Aᵀ·Bᵀ: (..., d_out), after the adapter's dropout."""
+        return F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., d_in) -> s·(x·Aᵀ·Bᵀ + x·Sᵀ): (..., d_out)."""
+        """x: (..., d_in) -> s·(x·Aᵀ·Bᵀ + x·Sᵀ): (..., d_out).
+
+        ``DSEELinear`` folds S into the frozen weight instead when it can; this is the stand-alone
+        form, the sparse part as a CSR product (``sparse_ops.sparse_matmul``).
+        """
         x = self.dropout(x)
         out = F.linear(F.linear(x, self.lora_A), self.lora_B)  # (..., d_out)
         if self.num_sparse:
-            rows, cols = self.sparse_coordinates()
-            # x·Sᵀ with S = Σ_i v_i·e_{row_i}·e_{col_i}ᵀ: gather N inputs, scatter-add N outputs.
-            # In place on a fresh matmul output, so no extra (..., d_out) activation is kept.
-            out.index_add_(-1, rows, (x[..., cols] * self.sparse_values).to(out.dtype))  # source: (..., N)
+            sparse = sparse_matmul(x, self.sparse_values, self.sparse_indices, self.out_features, self.in_features)
+            out = out + sparse.to(out.dtype)
         return out * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
@@ -134,7 +151,7 @@ class DSEELinear(nn.Module):
     Args:
         base_layer: the pre-trained layer; kept as is (its parameters are frozen by ``add_dsee``).
         slices: ``{name: rows}``, rows a LongTensor of output rows the update adds into, or None for
-            all rows. The update for slice ``name`` is the child ``dsee_<name>``; a plain
+            all rows. ``num_sparse``: N for every slice, or ``{slice name: N}``. The update for slice ``name`` is the child ``dsee_<name>``; a plain
             (non-fused) layer has one slice called "" whose update is the child ``dsee``, and
             then ``lora_A``, ``lora_B``, ``sparse_values`` and ``sparse_indices`` are also
             attributes of this layer.
@@ -145,7 +162,7 @@ class DSEELinear(nn.Module):
         base_layer: nn.Module,
         slices: dict[str, torch.Tensor | None],
         rank: int,
-        num_sparse: int,
+        num_sparse: int | dict[str, int],
         scaling: float,
         dropout: float = 0.0,
     ) -> None:
@@ -156,8 +173,9 @@ class DSEELinear(nn.Module):
         self.slice_names = tuple(slices)
         for name, rows in slices.items():
             rows_out = d_out if rows is None else len(rows)
+            count = num_sparse[name] if isinstance(num_sparse, dict) else num_sparse
             delta = SparseLowRankDelta(
-                d_in, rows_out, rank, num_sparse, scaling, dropout, device=weight.device, dtype=weight.dtype
+                d_in, rows_out, rank, count, scaling, dropout, device=weight.device, dtype=weight.dtype
             )
             self.add_module(self.delta_name(name), delta)
             # the rows are a property of the architecture, not of the adapter: not saved
@@ -222,13 +240,37 @@ class DSEELinear(nn.Module):
             weight = weight + update if rows is None else weight.index_add(0, rows, update)
         return weight if self.prune_mask is None else weight * self.prune_mask
 
+    def sparse_in_full_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """s·S of every slice as (values (N_total,), flat indices into the full (d_out, d_in) weight)."""
+        d_in = linear_shape(self.base_layer)[1]
+        values, index = [], []
+        for _, delta, rows in self.deltas():
+            if not delta.num_sparse:
+                continue
+            flat = delta.sparse_indices
+            if rows is not None:  # slice row -> row of the fused matrix
+                local = torch.div(flat, d_in, rounding_mode="floor")
+                flat = rows[local] * d_in + (flat - local * d_in)
+            values.append(delta.sparse_values * delta.scaling)
+            index.append(flat)
+        return torch.cat(values), torch.cat(index)
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """x: (..., d_in) -> (..., d_out)."""
         if self.prune_mask is not None:  # merged-and-masked form (module doc); adapter dropout unused
             return F.linear(x, self.effective_weight(), self.base_layer.bias)
-        y = self.base_layer(x, *args, **kwargs)
-        for _, delta, rows in self.deltas():
-            update = delta(x)  # (..., len(rows)) or (..., d_out)
+        deltas = self.deltas()
+        # S folded into W0 whenever the sparse branch sees the same input as W0 (no active dropout)
+        fold = any(d.num_sparse for _, d, _ in deltas) and not any(d.dropout_active for _, d, _ in deltas)
+        if fold:
+            values, index = self.sparse_in_full_matrix()
+            y = folded_linear(x, linear_weight(self.base_layer), self.base_layer.bias, values, index)
+        else:
+            y = self.base_layer(x, *args, **kwargs)
+        for _, delta, rows in deltas:
+            if fold and delta.rank == 0:
+                continue
+            update = delta.low_rank(x) if fold else delta(x)  # (..., len(rows)) or (..., d_out)
             update = update.to(y.dtype)
             y = y + update if rows is None else y.index_add(-1, rows, update)
         return y

@@ -23,7 +23,7 @@ def parameter_report(model: nn.Module) -> str:
     cfg = state.config
     lines += [
         "",
-        f"adapted matrices : {len(state.targets_matched)} (r={cfg.rank}, alpha={cfg.alpha}, N={cfg.num_sparse}, "
+        f"adapted matrices : {len(state.targets_matched)} (r={cfg.rank}, alpha={cfg.alpha}, {cfg.sparse_budget}, "
         f"support={cfg.sparse_method})",
         f"trained in full  : {', '.join(state.modules_to_save) or '-'}",
         f"trainable        : {count.trainable:,} of {count.total:,} parameters ({100 * count.trainable_share:.3f}%)",

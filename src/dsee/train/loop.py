@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from ..inject import count_parameters
 from ..io import save_adapter
 from ..models import resolve_model
+from .losses import causal_lm_loss, training_loss  # noqa: F401 (causal_lm_loss re-exported)
 from .metrics import compute_metrics
 from .pipeline import TaskData, build_model, load_task_data, load_tokenizer, load_trained_model
 from .run import (
@@ -97,26 +98,6 @@ def make_eval_loaders(data: TaskData, tokenizer, config: RunConfig, batch_size: 
         )
         for name, ds in data.evals.items()
     }
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
-                   reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy on the positions whose label is not -100 (the target tokens).
-
-    logits: (B, T, V), labels: (B, T); position t predicts token t + 1.
-    """
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])  # (B·(T-1), V)
-    shift_labels = labels[:, 1:].reshape(-1)  # (B·(T-1),)
-    return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100,
-                                       label_smoothing=label_smoothing, reduction=reduction)
-
-
-def training_loss(model: nn.Module, batch: dict, data: TaskData, config: RunConfig) -> torch.Tensor:
-    """The model's own loss, or for generation the target-token loss with label smoothing."""
-    if data.task_type != "generation":
-        return model(**batch).loss
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    return causal_lm_loss(model(**inputs).logits, batch["labels"], config.label_smoothing)
 
 
 def evaluate_generation_loss(model: nn.Module, loader, accelerator) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..decompose import support_method
 from ..inject import add_dsee
 from ..io import load_adapter
 from ..models import load_sequence_classifier, resolve_model
@@ -172,7 +173,11 @@ def build_model(config: RunConfig, data: TaskData, model_path: str | None = None
     if data.task_type == "regression" and data.train is not None:
         init_regression_head(model, data.train.labels)
     dsee_config = config.dsee_config()
-    if dsee_config is not None:
+    if dsee_config is not None and dsee_config.has_sparse and support_method(dsee_config.sparse_method).needs_data:
+        from .support import add_dsee_from_data
+
+        add_dsee_from_data(model, dsee_config, data, tokenizer, config)
+    elif dsee_config is not None:
         add_dsee(model, dsee_config)
     return model
 

@@ -103,12 +103,9 @@ def check_source(source: str | Path):
 
 def importance_batches(data, tokenizer, config, count: int) -> list[dict[str, torch.Tensor]]:
     """The first ``count`` training batches of a seeded order: what the importance scores see."""
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(data.train), generator=generator)[: count * config.batch_size].tolist()
-    examples = data.encode(data.train, tokenizer, config)
-    collate = data.collator(tokenizer)
-    chosen = [examples[i] for i in order]
-    return [collate(chosen[i : i + config.batch_size]) for i in range(0, len(chosen), config.batch_size)]
+    from .support import calibration_batches
+
+    return calibration_batches(data, tokenizer, config, count, cycle=False)
 
 
 def prune_model_(model: nn.Module, settings: PruneSettings, batches=None) -> dict[str, Any]:

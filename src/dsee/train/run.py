@@ -63,6 +63,9 @@ class RunConfig:
     # method
     method: str = "dsee"
     adapter: dict[str, Any] | None = None  # DSEEConfig.to_dict() for dsee and lora
+    # a data-aware support (sparse_method "gradient"): batches of the statistic, LoRA warm-up steps
+    support_batches: int = 8
+    support_warmup_steps: int = 0
     # optimisation (AdamW, linear schedule)
     lr: float | None = None  # None: DEFAULT_LR[method]
     epochs: float = 3.0
@@ -114,6 +117,10 @@ class RunConfig:
             raise ValueError("no evaluation at all: set --eval-steps K or keep per-epoch evaluation")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise bad("mixed_precision", "choose auto, no, bf16 or fp16")
+        if self.support_batches < 1:
+            raise bad("support_batches", "must be >= 1")
+        if self.support_warmup_steps < 0:
+            raise bad("support_warmup_steps", "must be >= 0")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -127,7 +134,7 @@ class RunConfig:
         else:
             config = DSEEConfig.from_dict(self.adapter or {})
             if self.method == "lora":
-                config = dataclasses.replace(config, num_sparse=0)
+                config = dataclasses.replace(config, num_sparse=0, sparse_density=None)
             self.adapter = config.to_dict()
 
     @property

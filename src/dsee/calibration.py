@@ -1,0 +1,91 @@
+"""Statistics of a model's linear weights gathered from a few batches of data.
+
+    squared_gradients(model, names, batches)   Σ_k (∂L_k/∂W)² per weight: (d_out, d_in)  (RoSA's support)
+
+The model runs in eval mode (no dropout, so the statistic is a function of the data and the
+weights only), its trainable flags and ``.grad`` fields are restored afterwards, and nothing but
+the statistics is kept: a hook adds each weight's gradient into its accumulator as soon as it is
+ready and drops it, so memory is one (d_out, d_in) float32 tensor per weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .layer import Conv1D, DSEELinear
+
+LossFn = Callable[[nn.Module, dict], torch.Tensor]
+
+
+def model_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The loss a transformers model returns for a batch with ``labels``."""
+    out = model(**batch)
+    if getattr(out, "loss", None) is None:
+        raise ValueError("the model returned no loss for a calibration batch: give the batches labels, "
+                         "or pass loss_fn=(model, batch) -> loss")
+    return out.loss
+
+
+def _weight_parameter(module: nn.Module) -> nn.Parameter:
+    """The frozen weight a statistic is about: the base layer's for a DSEELinear."""
+    return module.base_layer.weight if isinstance(module, DSEELinear) else module.weight
+
+
+def _is_transposed(module: nn.Module) -> bool:
+    base = module.base_layer if isinstance(module, DSEELinear) else module
+    return isinstance(base, Conv1D)  # stored (d_in, d_out)
+
+
+def squared_gradients(model: nn.Module, names: Sequence[str], batches: Iterable[dict],
+                      loss_fn: LossFn | None = None) -> dict[str, torch.Tensor]:
+    """``{name: Σ over batches of (∂loss/∂W)², (d_out, d_in) float32}`` for the linear modules ``names``.
+
+    ``loss_fn(model, batch)`` gives each batch's loss (default: the model's own ``.loss``). The
+    gradient is that of the whole model's loss with respect to W as it is now (W0 for an
+    unadapted model; for a ``DSEELinear`` its frozen base weight, adapters in place). Raises
+    ValueError on an empty ``batches`` or a non-finite loss.
+    """
+    loss_fn = loss_fn or model_loss
+    modules = {name: model.get_submodule(name) for name in names}
+    weights = {name: _weight_parameter(m) for name, m in modules.items()}
+    sums = {name: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for name, w in weights.items()}
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    grads = {id(p): p.grad for p in model.parameters()}
+    handles = []
+
+    def accumulate(name: str):
+        def hook(param: torch.Tensor) -> None:
+            sums[name].add_(param.grad.detach().float().square())
+            param.grad = None
+
+        return hook
+
+    was_training = model.training
+    count = 0
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        for name, weight in weights.items():
+            weight.requires_grad_(True)
+            handles.append(weight.register_post_accumulate_grad_hook(accumulate(name)))
+        model.eval()
+        for batch in batches:
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise ValueError(f"calibration batch {count}: the loss is {float(loss)}")
+            loss.backward()
+            count += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
+            p.grad = grads[id(p)]
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no calibration batches: the squared gradients need at least one")
+    return {name: (s.t().contiguous() if _is_transposed(modules[name]) else s) for name, s in sums.items()}
