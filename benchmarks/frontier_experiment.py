@@ -1,0 +1,457 @@
+"""Does the sparse half of DSEE earn its parameters? LoRA against DSEE at equal trainable parameters.
+
+The frontier: score against trainable parameters, on GLUE (all-MiniLM-L6-v2: MRPC, STS-B, SST-2)
+and on E2E (SmolLM2-135M: dev loss per target token, BLEU on the first dev MRs), 3 seeds each.
+
+- LoRA at r ∈ {4, 8, 16, 32} on the query and value projections.
+- DSEE at the same budgets, split between rank and sparse entries: a share ``split`` of LoRA-r's
+  budget goes to S, the rest to a rank r·(1 − split). With split 1/2 (rank r/2) and 3/4 (rank r/4),
+  S gets, over all adapted matrices together, as many entries as the rank it replaces had
+  parameters: sparse_density = split·r·Σ(d_in + d_out) / Σ(d_out·d_in). Every matrix then holds
+  round(density·d_out·d_in) entries, so the counts match LoRA's to within rounding (the table
+  shows the exact trainable counts). Ω by GreBsmo (the default).
+- At the split that wins on average, at the pre-registered budget ``--ablation-rank`` (LoRA r = 16's,
+  the paper's setting), the support ablation: magnitude, random and gradient (RoSA's choice,
+  ``--support-batches`` batches after a ``--support-warmup-steps`` LoRA warm-up), against GreBsmo.
+
+Fairness: every method trains the same steps on the same batches in the same order (same seed),
+with α = 2·rank so that the scale s = α/r is 2 for every rank (the setting whose learning rate was
+searched in the GLUE experiment), and the learning rate chosen per method kind (LoRA, each split)
+from ``--lrs`` at seed 0 at ``--probe-rank``'s budget, then used at every budget and seed; the
+ablation takes its split's rate.
+
+Every finished run is appended to ``benchmarks/frontier_runs.jsonl`` (with the git commit, date,
+machine and versions) and never run again with the same settings: the experiment resumes where it
+stopped, and a run interrupted half-way resumes from its checkpoint in ``--out``.
+
+    python benchmarks/prepare_smollm2.py --out models/smollm2-135m
+    python benchmarks/frontier_experiment.py --data-dir ../shared/data --out runs/frontier
+    python benchmarks/frontier_experiment.py --data-dir ../shared/data --report-only
+
+Writes ``frontier_results.md`` and ``frontier_results.png`` to ``--report-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _record import HERE, record  # noqa: E402
+
+RUNS_PATH = HERE / "frontier_runs.jsonl"
+GLUE_TASKS = ("mrpc", "stsb", "sst2")
+TASK_LABEL = {"mrpc": "MRPC F1", "stsb": "STS-B", "sst2": "SST-2", "e2e": "E2E"}
+# adapted (d_out, d_in) shapes per layer, for the budget-matching density
+SHAPES = {
+    "glue": [(384, 384), (384, 384)],  # all-MiniLM-L6-v2: query, value
+    "e2e": [(576, 576), (192, 576)],  # SmolLM2-135M: q_proj, v_proj (3 key-value heads of 64)
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="the shared data folder, holding glue/ and e2e/")
+    p.add_argument("--out", default="runs/frontier", help="where the run directories go")
+    p.add_argument("--tasks", default="mrpc,stsb,sst2,e2e")
+    p.add_argument("--e2e-model", default="models/smollm2-135m", help="benchmarks/prepare_smollm2.py's output")
+    p.add_argument("--ranks", default="4,8,16,32", help="LoRA ranks; their budgets are the frontier's x axis")
+    p.add_argument("--splits", default="0.5,0.75", help="shares of each budget given to S")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--probe-rank", type=int, default=8, help="the budget where learning rates are searched")
+    p.add_argument("--glue-lrs", default="1.5e-3,3e-3")
+    p.add_argument("--e2e-lrs", default="5e-4,2e-3")
+    p.add_argument("--ablation-rank", type=int, default=16, help="the budget of the support ablation")
+    p.add_argument("--ablation-methods", default="magnitude,random,gradient")
+    p.add_argument("--ablation-tasks", default="mrpc,stsb,sst2", help="the tasks the ablation runs on (CPU budget)")
+    p.add_argument("--support-batches", type=int, default=8)
+    p.add_argument("--support-warmup-steps", type=int, default=64, help="RoSA's wl64")
+    # GLUE protocol (the GLUE experiment's): 2,000 training examples, 3 epochs, batch 32, bf16
+    p.add_argument("--glue-train-samples", type=int, default=2000)
+    p.add_argument("--glue-epochs", type=float, default=3)
+    # E2E protocol: 1,000 training rows, 1 epoch, batch 8, label smoothing 0.1, beam search
+    p.add_argument("--e2e-train-samples", type=int, default=1000)
+    p.add_argument("--e2e-epochs", type=float, default=1)
+    p.add_argument("--decode-items", type=int, default=100, help="distinct dev MRs decoded and scored")
+    p.add_argument("--beams", type=int, default=5)
+    p.add_argument("--runs-file", default=str(RUNS_PATH))
+    p.add_argument("--report-only", action="store_true", help="aggregate the finished runs, train nothing")
+    p.add_argument("--report-dir", default=str(HERE))
+    p.add_argument("--no-record", action="store_true", help="do not append the summary to results.jsonl")
+    return p.parse_args(argv)
+
+
+# --- the variants --------------------------------------------------------------------------------
+
+
+def family(task: str) -> str:
+    return "e2e" if task == "e2e" else "glue"
+
+
+def budget_density(task: str, rank: int, split: float) -> float:
+    """The density of S that buys ``split`` of LoRA-``rank``'s parameters (module doc)."""
+    shapes = SHAPES[family(task)]
+    return split * rank * sum(o + i for o, i in shapes) / sum(o * i for o, i in shapes)
+
+
+def variant(kind: str, rank: int, support: str = "grebsmo") -> dict:
+    """A method at LoRA-``rank``'s budget: kind "lora" or "split<share>"."""
+    return {"kind": kind, "budget_rank": rank, "support": support}
+
+
+def adapter_settings(task: str, v: dict, seed: int) -> tuple[str, dict]:
+    if v["kind"] == "lora":
+        r = v["budget_rank"]
+        return "lora", {"rank": r, "alpha": 2 * r, "num_sparse": 0, "seed": seed}
+    split = float(v["kind"].removeprefix("split"))
+    rank = round(v["budget_rank"] * (1 - split))
+    return "dsee", {"rank": rank, "alpha": 2 * rank, "num_sparse": None, "seed": seed,
+                    "sparse_density": budget_density(task, v["budget_rank"], split), "sparse_method": v["support"]}
+
+
+def label(v: dict) -> str:
+    if v["kind"] == "lora":
+        return "LoRA"
+    share = float(v["kind"].removeprefix("split"))
+    name = f"DSEE {share:.0%} in S"
+    return name if v["support"] == "grebsmo" else f"{name}, {v['support']} Ω"
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+
+def settings_key(args, task: str, v: dict, lr: float, seed: int) -> dict:
+    key = {"task": task, **v, "lr": lr, "seed": seed}
+    if family(task) == "glue":
+        key.update(train_samples=args.glue_train_samples, epochs=args.glue_epochs)
+    else:
+        key.update(model=args.e2e_model, train_samples=args.e2e_train_samples, epochs=args.e2e_epochs,
+                   decode_items=args.decode_items, beams=args.beams)
+    if v["support"] == "gradient":
+        key.update(support_batches=args.support_batches, support_warmup_steps=args.support_warmup_steps)
+    return key
+
+
+def run_dir(args, task: str, v: dict, lr: float, seed: int) -> Path:
+    return Path(args.out) / task / f"{v['kind']}-{v['support']}-r{v['budget_rank']}" / f"lr{lr:g}" / f"seed{seed}"
+
+
+def run_config(args, task: str, v: dict, lr: float, seed: int, path: Path):
+    from dsee.train.run import RunConfig
+
+    method, adapter = adapter_settings(task, v, seed)
+    common = dict(out=str(path), method=method, adapter=adapter, lr=lr, seed=seed, mixed_precision="bf16",
+                  support_batches=args.support_batches, support_warmup_steps=args.support_warmup_steps)
+    if family(task) == "glue":
+        return RunConfig(task=task, data_dir=str(Path(args.data_dir) / "glue"), epochs=args.glue_epochs,
+                         batch_size=32, max_length=128, max_train_samples=args.glue_train_samples, **common)
+    return RunConfig(task="e2e", data_dir=args.data_dir, model=args.e2e_model, epochs=args.e2e_epochs,
+                     batch_size=8, eval_batch_size=16, max_length=128, max_train_samples=args.e2e_train_samples,
+                     max_eval_samples=args.decode_items, label_smoothing=0.1, **common)
+
+
+def run_one(args, task: str, v: dict, lr: float, seed: int, finished: list[dict]) -> dict | None:
+    """The recorded result of one run, or trains (and for E2E decodes) it now; None if report-only."""
+    key = settings_key(args, task, v, lr, seed)
+    for done in finished:
+        if done["key"] == key:
+            return done
+    if args.report_only:
+        return None
+    from dsee.train.loop import train
+    from dsee.train.run import METRICS
+
+    path = run_dir(args, task, v, lr, seed)
+    if not (path / METRICS).is_file():
+        resume = (path / "checkpoint.pt").is_file()
+        print(f"\n=== {task} {label(v)} at r={v['budget_rank']}'s budget, lr={lr:g}, seed={seed}"
+              + (" (resuming)" if resume else ""), flush=True)
+        train(run_config(args, task, v, lr, seed, path), resume=resume, overwrite=not resume)
+    metrics = json.loads((path / METRICS).read_text())
+    entry = {"key": key, "score": metrics["score"], "main_metric": metrics["main_metric"],
+             "dev": metrics["dev"], "trainable_parameters": metrics["trainable_parameters"],
+             "trainable_share": metrics["trainable_share"], "train_seconds": metrics["train_seconds"],
+             "wall_seconds": metrics["wall_seconds"]}
+    if task == "e2e":
+        from dsee.train.generate import evaluate_generation_run
+
+        start = time.perf_counter()
+        decoded = evaluate_generation_run(path, max_items=args.decode_items, beams=args.beams, show_progress=False)
+        entry.update(scores=decoded["scores"], decode_seconds=time.perf_counter() - start,
+                     dev_loss=metrics["dev"]["validation"]["loss"],
+                     predictions=(path / "predictions_validation.txt").read_text().splitlines())
+    record("frontier_run", entry, path=args.runs_file)
+    finished.append(entry)
+    return entry
+
+
+# --- the experiment ------------------------------------------------------------------------------
+
+
+def value(entry: dict, task: str) -> float:
+    """The number the frontier plots, higher is better: dev score ×100 (GLUE) or BLEU ×100 (E2E)."""
+    return 100 * (entry["scores"]["bleu"] if task == "e2e" else entry["score"])
+
+
+def probe_value(entry: dict, task: str) -> float:
+    """What picks a learning rate: the dev score (GLUE), minus the dev loss per target token (E2E)."""
+    return -entry["dev_loss"] if task == "e2e" else entry["score"]
+
+
+def kinds(args) -> list[str]:
+    return ["lora"] + [f"split{float(s):g}" for s in args.splits.split(",")]
+
+
+def choose_rates(args, tasks, finished) -> dict[tuple[str, str], float]:
+    """Per (task, kind): the rate of ``--*-lrs`` with the best probe value at seed 0, ``--probe-rank``."""
+    seed0 = int(args.seeds.split(",")[0])
+    rates = {}
+    for task in tasks:
+        grid = [float(x) for x in (args.e2e_lrs if task == "e2e" else args.glue_lrs).split(",")]
+        for kind in kinds(args):
+            results = {}
+            for lr in grid:
+                entry = run_one(args, task, variant(kind, args.probe_rank), lr, seed0, finished)
+                if entry is not None:
+                    results[lr] = probe_value(entry, task)
+            if len(results) == len(grid):
+                rates[task, kind] = max(sorted(results), key=lambda lr: results[lr])  # ties: the smaller rate
+    return rates
+
+
+def collect(args, tasks, rates, finished) -> dict:
+    """{(task, kind, support, budget rank): [entries by seed]} of every run at its chosen rate."""
+    cells: dict = {}
+    for seed in (int(s) for s in args.seeds.split(",")):  # seed-major: a stopped run leaves every cell fuller
+        for task in tasks:
+            for rank in (int(r) for r in args.ranks.split(",")):
+                for kind in kinds(args):
+                    if (task, kind) not in rates:
+                        continue
+                    entry = run_one(args, task, variant(kind, rank), rates[task, kind], seed, finished)
+                    if entry is not None:
+                        cells.setdefault((task, kind, "grebsmo", rank), []).append(entry)
+    return cells
+
+
+def paired_differences(cells, task, kind, rank, support="grebsmo", against=("lora", "grebsmo")) -> list[float]:
+    mine = {e["key"]["seed"]: value(e, task) for e in cells.get((task, kind, support, rank), [])}
+    base = {e["key"]["seed"]: value(e, task) for e in cells.get((task, against[0], against[1], rank), [])}
+    return [mine[s] - base[s] for s in sorted(set(mine) & set(base))]
+
+
+def best_split(args, tasks, cells) -> str | None:
+    """The split whose paired difference to LoRA, averaged over every task, budget and seed, is largest."""
+    means = {}
+    for kind in kinds(args)[1:]:
+        diffs = [d for task in tasks for rank in (int(r) for r in args.ranks.split(","))
+                 for d in paired_differences(cells, task, kind, rank)]
+        if diffs:
+            means[kind] = statistics.mean(diffs)
+    return max(means, key=means.get) if means else None
+
+
+def ablation(args, tasks, rates, split, cells, finished) -> None:
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for task in tasks:
+            if (task, split) not in rates or task not in args.ablation_tasks.split(","):
+                continue
+            for support in args.ablation_methods.split(","):
+                v = variant(split, args.ablation_rank, support)
+                entry = run_one(args, task, v, rates[task, split], seed, finished)
+                if entry is not None:
+                    cells.setdefault((task, split, support, args.ablation_rank), []).append(entry)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f} ({len(values)})"
+
+
+def paired_t(diffs: list[float]) -> float | None:
+    """Two-sided p of a paired t-test (mean difference 0); None with fewer than 2 pairs or no spread."""
+    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+        return None
+    from scipy import stats
+
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def frontier_table(args, tasks, cells) -> str:
+    ranks = [int(r) for r in args.ranks.split(",")]
+    lines = []
+    for task in tasks:
+        metric = "BLEU" if task == "e2e" else TASK_LABEL[task]
+        lines += [f"\n**{TASK_LABEL[task]}** ({metric} ×100, mean ± std (seeds); trainable parameters below)\n",
+                  "| method | " + " | ".join(f"r = {r}'s budget" for r in ranks) + " |",
+                  "|---|" + "---|" * len(ranks)]
+        for kind in kinds(args):
+            row, counts = [], []
+            for rank in ranks:
+                mine = cells.get((task, kind, "grebsmo", rank), [])
+                row.append(mean_std([value(e, task) for e in mine]))
+                counts.append(f"{mine[0]['trainable_parameters']:,}" if mine else "–")
+            v = variant(kind, ranks[0])
+            lines.append(f"| {label(v)} | " + " | ".join(row) + " |")
+            lines.append("| ↳ trainable | " + " | ".join(counts) + " |")
+        if task == "e2e":
+            for kind in kinds(args):
+                row = [mean_std([e["dev_loss"] for e in cells.get((task, kind, "grebsmo", r), [])]) for r in ranks]
+                lines.append(f"| {label(variant(kind, 4))}: dev loss | " + " | ".join(row) + " |")
+        for kind in kinds(args)[1:]:
+            row = []
+            for rank in ranks:
+                diffs = paired_differences(cells, task, kind, rank)
+                p = paired_t(diffs)
+                row.append(f"{statistics.mean(diffs):+.2f}" + (f" (p {p:.2f})" if p is not None else "")
+                           if diffs else "–")
+            lines.append(f"| {label(variant(kind, 4))} − LoRA, paired | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def overall_table(args, tasks, cells) -> str:
+    ranks = [int(r) for r in args.ranks.split(",")]
+    lines = ["\nPaired differences to LoRA at equal budget, pooled over the tasks and seeds "
+             "(mean, [min, max], pairs; paired t-test p):\n",
+             "| split | " + " | ".join(f"r = {r}" for r in ranks) + " | all budgets |", "|---|" + "---|" * (len(ranks) + 1)]
+    for kind in kinds(args)[1:]:
+        row, everything = [], []
+        for rank in ranks:
+            diffs = [d for task in tasks for d in paired_differences(cells, task, kind, rank)]
+            everything += diffs
+            p = paired_t(diffs)
+            row.append(f"{statistics.mean(diffs):+.2f} [{min(diffs):+.2f}, {max(diffs):+.2f}] ({len(diffs)})"
+                       + (f" p {p:.2f}" if p is not None else "") if diffs else "–")
+        p = paired_t(everything)
+        row.append(f"{statistics.mean(everything):+.2f} ({len(everything)})" + (f" p {p:.3f}" if p is not None else "")
+                   if everything else "–")
+        lines.append(f"| {label(variant(kind, 4))} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ablation_table(args, tasks, split, cells) -> str:
+    tasks = [t for t in tasks if t in args.ablation_tasks.split(",")]
+    if split is None or not tasks:
+        return ""
+    supports = ["grebsmo"] + args.ablation_methods.split(",")
+    rank = args.ablation_rank
+    lines = [f"\nSupport ablation at the winning split ({label(variant(split, rank))}), r = {rank}'s budget "
+             "(mean ± std (seeds); paired difference to GreBsmo):\n",
+             "| support | " + " | ".join(TASK_LABEL[t] for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for support in supports:
+        cells_row = []
+        for task in tasks:
+            mine = [value(e, task) for e in cells.get((task, split, support, rank), [])]
+            text = mean_std(mine)
+            if support != "grebsmo":
+                diffs = paired_differences(cells, task, split, rank, support, against=(split, "grebsmo"))
+                text += f"; {statistics.mean(diffs):+.2f}" if diffs else ""
+            cells_row.append(text)
+        lines.append(f"| {support} | " + " | ".join(cells_row) + " |")
+    lora = [mean_std([value(e, t) for e in cells.get((t, "lora", "grebsmo", rank), [])]) for t in tasks]
+    lines.append("| (LoRA) | " + " | ".join(lora) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bleu_tests(args, cells) -> str:
+    """Paired bootstrap of BLEU (same decoded MRs), each split against LoRA at the same budget and seed."""
+    if not any(k[0] == "e2e" for k in cells):
+        return ""
+    from dsee.significance import paired_bootstrap_bleu
+    from dsee.train.textgen import load_e2e
+
+    _, references = load_e2e(args.data_dir, "validation").grouped()
+    references = references[:args.decode_items]
+    lines = ["\nE2E: each split against LoRA, paired bootstrap of BLEU over the same decoded MRs "
+             "(1,000 draws, two-sided):\n", "| split | budget r | seed | LoRA | DSEE | Δ | p |",
+             "|---|---|---|---|---|---|---|"]
+    for kind in kinds(args)[1:]:
+        for rank in (int(r) for r in args.ranks.split(",")):
+            lora = {e["key"]["seed"]: e for e in cells.get(("e2e", "lora", "grebsmo", rank), [])}
+            for e in cells.get(("e2e", kind, "grebsmo", rank), []):
+                base = lora.get(e["key"]["seed"])
+                if base is None:
+                    continue
+                t = paired_bootstrap_bleu(base["predictions"], e["predictions"], references, resamples=1000)
+                lines.append(f"| {kind.removeprefix('split')} | {rank} | {e['key']['seed']} | {100 * t['baseline']:.2f} | "
+                             f"{100 * t['system']:.2f} | {100 * t['delta']:+.2f} | {t['p_value']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(args, tasks, cells, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(tasks) + (["e2e-loss"] if "e2e" in tasks else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        task = "e2e" if panel == "e2e-loss" else panel
+        for kind, marker in zip(kinds(args), "osD^v"):
+            xs, ys, es = [], [], []
+            for rank in (int(r) for r in args.ranks.split(",")):
+                mine = cells.get((task, kind, "grebsmo", rank), [])
+                if not mine:
+                    continue
+                vals = [e["dev_loss"] if panel == "e2e-loss" else value(e, task) for e in mine]
+                xs.append(statistics.mean(e["trainable_parameters"] for e in mine))
+                ys.append(statistics.mean(vals))
+                es.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, marker=marker, capsize=3, label=label(variant(kind, 4)))
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel("dev loss per target token" if panel == "e2e-loss" else
+                      ("BLEU ×100" if task == "e2e" else "dev score ×100"))
+        ax.set_title(("E2E (SmolLM2-135M)" if task == "e2e" else f"{TASK_LABEL[task]} (MiniLM)")
+                     + (": dev loss" if panel == "e2e-loss" else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tasks = args.tasks.split(",")
+    runs = Path(args.runs_file)
+    finished = [json.loads(line)["results"] for line in runs.read_text().splitlines() if line.strip()] \
+        if runs.is_file() else []
+    start = time.perf_counter()
+    rates = choose_rates(args, tasks, finished)
+    cells = collect(args, tasks, rates, finished)
+    split = best_split(args, tasks, cells)
+    if split is not None:
+        ablation(args, tasks, rates, split, cells, finished)
+    chosen = "; ".join(f"{TASK_LABEL[t]} {k}: {lr:g}" for (t, k), lr in rates.items())
+    text = ("# LoRA vs DSEE at equal trainable parameters\n\n"
+            f"Learning rates chosen at seed 0 at r = {args.probe_rank}'s budget: {chosen}.\n"
+            + frontier_table(args, tasks, cells) + overall_table(args, tasks, cells)
+            + ablation_table(args, tasks, split, cells) + bleu_tests(args, cells))
+    report = Path(args.report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "frontier_results.md").write_text(text)
+    if cells:
+        plot(args, tasks, cells, report / "frontier_results.png")
+    print(text)
+    if not args.no_record and not args.report_only:
+        record("frontier_experiment", {"settings": vars(args), "hours": (time.perf_counter() - start) / 3600,
+                                       "winning_split": split, "rates": {f"{t}/{k}": lr for (t, k), lr in rates.items()}})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
