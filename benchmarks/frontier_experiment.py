@@ -10,15 +10,21 @@ and on E2E (SmolLM2-135M: dev loss per target token, BLEU on the first dev MRs),
   parameters: sparse_density = split·r·Σ(d_in + d_out) / Σ(d_out·d_in). Every matrix then holds
   round(density·d_out·d_in) entries, so the counts match LoRA's to within rounding (the table
   shows the exact trainable counts). Ω by GreBsmo (the default).
-- At the split that wins on average, at the pre-registered budget ``--ablation-rank`` (LoRA r = 16's,
-  the paper's setting), the support ablation: magnitude, random and gradient (RoSA's choice,
-  ``--support-batches`` batches after a ``--support-warmup-steps`` LoRA warm-up), against GreBsmo.
+- At the split that wins on GLUE on average, at the pre-registered budget ``--ablation-rank``
+  (LoRA r = 16's, the paper's setting), the support ablation on GLUE: magnitude, random and
+  gradient (RoSA's choice: ``--support-batches`` batches after a ``--support-warmup-steps`` LoRA
+  warm-up), against GreBsmo.
+- E2E: LoRA and the winning split at ``--e2e-ranks``' budgets (an E2E run costs ~10 minutes here).
 
 Fairness: every method trains the same steps on the same batches in the same order (same seed),
-with α = 2·rank so that the scale s = α/r is 2 for every rank (the setting whose learning rate was
-searched in the GLUE experiment), and the learning rate chosen per method kind (LoRA, each split)
-from ``--lrs`` at seed 0 at ``--probe-rank``'s budget, then used at every budget and seed; the
-ablation takes its split's rate.
+with α = 2·rank so that the scale s = α/r is 2 for every rank, the setting whose learning rate
+(1.5e-3) the GLUE experiment searched for adapters; E2E uses 2e-3 (α = 2r), the same step on B·A
+as the earlier E2E runs' 5e-4 at α/r = 8. With several rates per grid (``--glue-lrs``), the rate
+is chosen per method kind at seed 0 at ``--probe-rank``'s budget instead.
+
+The CPU budget (about 8 hours on 2 cores without native bf16): GLUE trains 2 epochs (not the GLUE
+experiment's 3) on 2,000 examples per task, fp32; E2E trains 1 epoch on 600 rows and decodes the
+first 100 dev MRs with beam 5.
 
 Every finished run is appended to ``benchmarks/frontier_runs.jsonl`` (with the git commit, date,
 machine and versions) and never run again with the same settings: the experiment resumes where it
@@ -61,25 +67,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/frontier", help="where the run directories go")
     p.add_argument("--tasks", default="mrpc,stsb,sst2,e2e")
     p.add_argument("--e2e-model", default="models/smollm2-135m", help="benchmarks/prepare_smollm2.py's output")
-    p.add_argument("--ranks", default="4,8,16,32", help="LoRA ranks; their budgets are the frontier's x axis")
+    p.add_argument("--ranks", default="4,8,16,32", help="LoRA ranks (GLUE); their budgets are the frontier's x axis")
+    p.add_argument("--e2e-ranks", default="4,16", help="LoRA ranks on E2E (a run costs ~10 min here)")
+    p.add_argument("--e2e-splits", default="winner",
+                   help="splits run on E2E: 'winner' (the split that wins on GLUE) or a list like 0.5,0.75")
     p.add_argument("--splits", default="0.5,0.75", help="shares of each budget given to S")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--probe-rank", type=int, default=8, help="the budget where learning rates are searched")
-    p.add_argument("--glue-lrs", default="1.5e-3,3e-3")
-    p.add_argument("--e2e-lrs", default="5e-4,2e-3")
+    p.add_argument("--probe-rank", type=int, default=8,
+                   help="the budget where learning rates are searched, when a grid has several")
+    p.add_argument("--glue-lrs", default="1.5e-3", help="one rate, or a grid searched at seed 0")
+    p.add_argument("--e2e-lrs", default="2e-3", help="one rate, or a grid searched at seed 0")
     p.add_argument("--ablation-rank", type=int, default=16, help="the budget of the support ablation")
     p.add_argument("--ablation-methods", default="magnitude,random,gradient")
     p.add_argument("--ablation-tasks", default="mrpc,stsb,sst2", help="the tasks the ablation runs on (CPU budget)")
     p.add_argument("--support-batches", type=int, default=8)
     p.add_argument("--support-warmup-steps", type=int, default=64, help="RoSA's wl64")
-    # GLUE protocol (the GLUE experiment's): 2,000 training examples, 3 epochs, batch 32, bf16
+    # GLUE protocol (the GLUE experiment's, but 2 epochs instead of 3 for the CPU budget): 2,000
+    # training examples, batch 32, max length 128
     p.add_argument("--glue-train-samples", type=int, default=2000)
-    p.add_argument("--glue-epochs", type=float, default=3)
-    # E2E protocol: 1,000 training rows, 1 epoch, batch 8, label smoothing 0.1, beam search
-    p.add_argument("--e2e-train-samples", type=int, default=1000)
+    p.add_argument("--glue-epochs", type=float, default=2)
+    # E2E protocol: 600 training rows, 1 epoch, batch 8, label smoothing 0.1, beam search
+    p.add_argument("--e2e-train-samples", type=int, default=600)
     p.add_argument("--e2e-epochs", type=float, default=1)
     p.add_argument("--decode-items", type=int, default=100, help="distinct dev MRs decoded and scored")
     p.add_argument("--beams", type=int, default=5)
+    p.add_argument("--mixed-precision", default="no", choices=("no", "bf16"),
+                   help="bf16 autocast only on CPUs with native bf16 (AVX512-BF16/AMX); emulated it is far slower")
     p.add_argument("--runs-file", default=str(RUNS_PATH))
     p.add_argument("--report-only", action="store_true", help="aggregate the finished runs, train nothing")
     p.add_argument("--report-dir", default=str(HERE))
@@ -127,7 +140,7 @@ def label(v: dict) -> str:
 
 
 def settings_key(args, task: str, v: dict, lr: float, seed: int) -> dict:
-    key = {"task": task, **v, "lr": lr, "seed": seed}
+    key = {"task": task, **v, "lr": lr, "seed": seed, "mixed_precision": args.mixed_precision}
     if family(task) == "glue":
         key.update(train_samples=args.glue_train_samples, epochs=args.glue_epochs)
     else:
@@ -139,14 +152,15 @@ def settings_key(args, task: str, v: dict, lr: float, seed: int) -> dict:
 
 
 def run_dir(args, task: str, v: dict, lr: float, seed: int) -> Path:
-    return Path(args.out) / task / f"{v['kind']}-{v['support']}-r{v['budget_rank']}" / f"lr{lr:g}" / f"seed{seed}"
+    return (Path(args.out) / task / f"{v['kind']}-{v['support']}-r{v['budget_rank']}" / f"lr{lr:g}"
+            / f"seed{seed}-{args.mixed_precision}")
 
 
 def run_config(args, task: str, v: dict, lr: float, seed: int, path: Path):
     from dsee.train.run import RunConfig
 
     method, adapter = adapter_settings(task, v, seed)
-    common = dict(out=str(path), method=method, adapter=adapter, lr=lr, seed=seed, mixed_precision="bf16",
+    common = dict(out=str(path), method=method, adapter=adapter, lr=lr, seed=seed, mixed_precision=args.mixed_precision,
                   support_batches=args.support_batches, support_warmup_steps=args.support_warmup_steps)
     if family(task) == "glue":
         return RunConfig(task=task, data_dir=str(Path(args.data_dir) / "glue"), epochs=args.glue_epochs,
@@ -208,16 +222,24 @@ def kinds(args) -> list[str]:
     return ["lora"] + [f"split{float(s):g}" for s in args.splits.split(",")]
 
 
-def choose_rates(args, tasks, finished) -> dict[tuple[str, str], float]:
-    """Per (task, kind): the rate of ``--*-lrs`` with the best probe value at seed 0, ``--probe-rank``."""
+def ranks_of(args, task: str) -> list[int]:
+    return [int(r) for r in (args.e2e_ranks if task == "e2e" else args.ranks).split(",")]
+
+
+def choose_rates(args, tasks, kinds_of) -> dict[tuple[str, str], float]:
+    """Per (task, kind): the one rate given, or the rate of the grid with the best probe value at seed 0
+    at ``--probe-rank``'s budget."""
     seed0 = int(args.seeds.split(",")[0])
     rates = {}
     for task in tasks:
         grid = [float(x) for x in (args.e2e_lrs if task == "e2e" else args.glue_lrs).split(",")]
-        for kind in kinds(args):
+        for kind in kinds_of(task):
+            if len(grid) == 1:
+                rates[task, kind] = grid[0]
+                continue
             results = {}
             for lr in grid:
-                entry = run_one(args, task, variant(kind, args.probe_rank), lr, seed0, finished)
+                entry = run_one(args, task, variant(kind, args.probe_rank), lr, seed0, args.finished)
                 if entry is not None:
                     results[lr] = probe_value(entry, task)
             if len(results) == len(grid):
@@ -225,19 +247,17 @@ def choose_rates(args, tasks, finished) -> dict[tuple[str, str], float]:
     return rates
 
 
-def collect(args, tasks, rates, finished) -> dict:
-    """{(task, kind, support, budget rank): [entries by seed]} of every run at its chosen rate."""
-    cells: dict = {}
+def collect(args, tasks, kinds_of, rates, cells) -> None:
+    """Every run of the grid at its chosen rate into ``cells[(task, kind, support, budget rank)]``."""
     for seed in (int(s) for s in args.seeds.split(",")):  # seed-major: a stopped run leaves every cell fuller
         for task in tasks:
-            for rank in (int(r) for r in args.ranks.split(",")):
-                for kind in kinds(args):
+            for rank in ranks_of(args, task):
+                for kind in kinds_of(task):
                     if (task, kind) not in rates:
                         continue
-                    entry = run_one(args, task, variant(kind, rank), rates[task, kind], seed, finished)
+                    entry = run_one(args, task, variant(kind, rank), rates[task, kind], seed, args.finished)
                     if entry is not None:
                         cells.setdefault((task, kind, "grebsmo", rank), []).append(entry)
-    return cells
 
 
 def paired_differences(cells, task, kind, rank, support="grebsmo", against=("lora", "grebsmo")) -> list[float]:
@@ -247,24 +267,24 @@ def paired_differences(cells, task, kind, rank, support="grebsmo", against=("lor
 
 
 def best_split(args, tasks, cells) -> str | None:
-    """The split whose paired difference to LoRA, averaged over every task, budget and seed, is largest."""
+    """The split whose paired difference to LoRA, averaged over every GLUE task, budget and seed, is largest."""
     means = {}
     for kind in kinds(args)[1:]:
-        diffs = [d for task in tasks for rank in (int(r) for r in args.ranks.split(","))
+        diffs = [d for task in tasks if task != "e2e" for rank in ranks_of(args, task)
                  for d in paired_differences(cells, task, kind, rank)]
         if diffs:
             means[kind] = statistics.mean(diffs)
     return max(means, key=means.get) if means else None
 
 
-def ablation(args, tasks, rates, split, cells, finished) -> None:
+def ablation(args, tasks, rates, split, cells) -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         for task in tasks:
             if (task, split) not in rates or task not in args.ablation_tasks.split(","):
                 continue
             for support in args.ablation_methods.split(","):
                 v = variant(split, args.ablation_rank, support)
-                entry = run_one(args, task, v, rates[task, split], seed, finished)
+                entry = run_one(args, task, v, rates[task, split], seed, args.finished)
                 if entry is not None:
                     cells.setdefault((task, split, support, args.ablation_rank), []).append(entry)
 
@@ -289,14 +309,15 @@ def paired_t(diffs: list[float]) -> float | None:
 
 
 def frontier_table(args, tasks, cells) -> str:
-    ranks = [int(r) for r in args.ranks.split(",")]
     lines = []
     for task in tasks:
+        ranks = ranks_of(args, task)
         metric = "BLEU" if task == "e2e" else TASK_LABEL[task]
         lines += [f"\n**{TASK_LABEL[task]}** ({metric} ×100, mean ± std (seeds); trainable parameters below)\n",
                   "| method | " + " | ".join(f"r = {r}'s budget" for r in ranks) + " |",
                   "|---|" + "---|" * len(ranks)]
-        for kind in kinds(args):
+        present = [k for k in kinds(args) if any((task, k, "grebsmo", r) in cells for r in ranks)]
+        for kind in present:
             row, counts = [], []
             for rank in ranks:
                 mine = cells.get((task, kind, "grebsmo", rank), [])
@@ -306,10 +327,10 @@ def frontier_table(args, tasks, cells) -> str:
             lines.append(f"| {label(v)} | " + " | ".join(row) + " |")
             lines.append("| ↳ trainable | " + " | ".join(counts) + " |")
         if task == "e2e":
-            for kind in kinds(args):
+            for kind in present:
                 row = [mean_std([e["dev_loss"] for e in cells.get((task, kind, "grebsmo", r), [])]) for r in ranks]
                 lines.append(f"| {label(variant(kind, 4))}: dev loss | " + " | ".join(row) + " |")
-        for kind in kinds(args)[1:]:
+        for kind in present[1:]:
             row = []
             for rank in ranks:
                 diffs = paired_differences(cells, task, kind, rank)
@@ -321,8 +342,9 @@ def frontier_table(args, tasks, cells) -> str:
 
 
 def overall_table(args, tasks, cells) -> str:
+    tasks = [t for t in tasks if t != "e2e"]  # GLUE scores pool; BLEU is tested on its own below
     ranks = [int(r) for r in args.ranks.split(",")]
-    lines = ["\nPaired differences to LoRA at equal budget, pooled over the tasks and seeds "
+    lines = ["\nGLUE: paired differences to LoRA at equal budget, pooled over the tasks and seeds "
              "(mean, [min, max], pairs; paired t-test p):\n",
              "| split | " + " | ".join(f"r = {r}" for r in ranks) + " | all budgets |", "|---|" + "---|" * (len(ranks) + 1)]
     for kind in kinds(args)[1:]:
@@ -377,7 +399,7 @@ def bleu_tests(args, cells) -> str:
              "(1,000 draws, two-sided):\n", "| split | budget r | seed | LoRA | DSEE | Δ | p |",
              "|---|---|---|---|---|---|---|"]
     for kind in kinds(args)[1:]:
-        for rank in (int(r) for r in args.ranks.split(",")):
+        for rank in ranks_of(args, "e2e"):
             lora = {e["key"]["seed"]: e for e in cells.get(("e2e", "lora", "grebsmo", rank), [])}
             for e in cells.get(("e2e", kind, "grebsmo", rank), []):
                 base = lora.get(e["key"]["seed"])
@@ -401,7 +423,7 @@ def plot(args, tasks, cells, path: Path) -> None:
         task = "e2e" if panel == "e2e-loss" else panel
         for kind, marker in zip(kinds(args), "osD^v"):
             xs, ys, es = [], [], []
-            for rank in (int(r) for r in args.ranks.split(",")):
+            for rank in ranks_of(args, task):
                 mine = cells.get((task, kind, "grebsmo", rank), [])
                 if not mine:
                     continue
@@ -427,18 +449,29 @@ def plot(args, tasks, cells, path: Path) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     tasks = args.tasks.split(",")
+    glue = [t for t in tasks if t != "e2e"]
     runs = Path(args.runs_file)
-    finished = [json.loads(line)["results"] for line in runs.read_text().splitlines() if line.strip()] \
+    args.finished = [json.loads(line)["results"] for line in runs.read_text().splitlines() if line.strip()] \
         if runs.is_file() else []
     start = time.perf_counter()
-    rates = choose_rates(args, tasks, finished)
-    cells = collect(args, tasks, rates, finished)
-    split = best_split(args, tasks, cells)
+    cells: dict = {}
+    # 1. GLUE: LoRA and every split at every budget; 2. the support ablation at the winning split
+    rates = choose_rates(args, glue, lambda task: kinds(args))
+    collect(args, glue, lambda task: kinds(args), rates, cells)
+    split = best_split(args, glue, cells)
     if split is not None:
-        ablation(args, tasks, rates, split, cells, finished)
+        ablation(args, glue, rates, split, cells)
+    # 3. E2E: LoRA and the winning split (or the splits asked for) at its budgets
+    if "e2e" in tasks:
+        e2e_kinds = ["lora"] + ([split] if args.e2e_splits == "winner" and split else
+                                [] if args.e2e_splits == "winner" else
+                                [f"split{float(x):g}" for x in args.e2e_splits.split(",")])
+        e2e_rates = choose_rates(args, ["e2e"], lambda task: e2e_kinds)
+        rates.update(e2e_rates)
+        collect(args, ["e2e"], lambda task: e2e_kinds, e2e_rates, cells)
     chosen = "; ".join(f"{TASK_LABEL[t]} {k}: {lr:g}" for (t, k), lr in rates.items())
     text = ("# LoRA vs DSEE at equal trainable parameters\n\n"
-            f"Learning rates chosen at seed 0 at r = {args.probe_rank}'s budget: {chosen}.\n"
+            f"Learning rates: {chosen}.\n"
             + frontier_table(args, tasks, cells) + overall_table(args, tasks, cells)
             + ablation_table(args, tasks, split, cells) + bleu_tests(args, cells))
     report = Path(args.report_dir)
@@ -448,7 +481,8 @@ def main(argv=None) -> int:
         plot(args, tasks, cells, report / "frontier_results.png")
     print(text)
     if not args.no_record and not args.report_only:
-        record("frontier_experiment", {"settings": vars(args), "hours": (time.perf_counter() - start) / 3600,
+        settings = {k: v for k, v in vars(args).items() if k != "finished"}
+        record("frontier_experiment", {"settings": settings, "hours": (time.perf_counter() - start) / 3600,
                                        "winning_split": split, "rates": {f"{t}/{k}": lr for (t, k), lr in rates.items()}})
     return 0
 
