@@ -13,7 +13,7 @@ magnitude (neurons) without re-tuning; the accuracy side is in ``prune_experimen
 
 Each model goes through ``save_pretrained`` / ``load_pretrained`` first (what users run), and the
 reloaded outputs are checked against the in-memory ones. Models are timed interleaved
-(``dsee.bench.time_models``, order reversed every round), median per model, at batch 32 × 128.
+(``dsee.evaluation.bench.time_models``, order reversed every round), median per model, at batch 32 × 128.
 
     python benchmarks/bench_pruned.py [--rounds 7] [--batch-size 32] [--seq-len 128]
 """
@@ -33,14 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import CpuMeter, print_table, record  # noqa: E402
 
 from dsee import DSEEConfig, add_dsee, merge_dsee  # noqa: E402
-from dsee.bench import time_models  # noqa: E402
-from dsee.export import load_pretrained, save_pretrained  # noqa: E402
-from dsee.flops import forward_flops, parameter_counts  # noqa: E402
-from dsee.importance import delta_head_scores, magnitude_neuron_scores, removal_plan  # noqa: E402
-from dsee.inject import dsee_layers  # noqa: E402
+from dsee.evaluation.bench import time_models  # noqa: E402
+from dsee.sparsity.export import load_pretrained, save_pretrained  # noqa: E402
+from dsee.sparsity.flops import forward_flops, parameter_counts  # noqa: E402
+from dsee.sparsity.importance import delta_head_scores, magnitude_neuron_scores, removal_plan  # noqa: E402
+from dsee.adapters.inject import dsee_layers  # noqa: E402
 from dsee.models import load_sequence_classifier  # noqa: E402
-from dsee.prune import apply_masks_, unstructured_masks  # noqa: E402
-from dsee.structure import remove_heads_, remove_neurons_  # noqa: E402
+from dsee.sparsity.unstructured import apply_masks_, unstructured_masks  # noqa: E402
+from dsee.sparsity.structure import remove_heads_, remove_neurons_  # noqa: E402
 
 STRUCTURED = ((0.25, 0.25), (0.25, 0.4), (0.5, 0.5))
 

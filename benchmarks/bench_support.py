@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import CpuMeter, print_table, record  # noqa: E402
 
 from dsee import compute_support  # noqa: E402
-from dsee.decompose import METHODS  # noqa: E402
+from dsee.adapters.support import METHODS  # noqa: E402
 
 TARGET_GREBSMO_BERT_BASE_S = 10.0
 

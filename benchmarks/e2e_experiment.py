@@ -4,7 +4,7 @@ For each rank r (default 4, 8 and 16) and seed: a LoRA run (N = 0) and a DSEE ru
 on q_proj and v_proj of every layer, trained on a seeded subset of the E2E training rows (the CPU
 budget), then decoded with beam search (beam 10, length penalty 0.8, no repeated 4-grams: LoRA's
 recipe) on the first `--decode-items` distinct meaning representations of the dev set, scored with
-BLEU, NIST, METEOR, ROUGE-L and CIDEr (`dsee.nlg`). Every finished run is appended to
+BLEU, NIST, METEOR, ROUGE-L and CIDEr (`dsee.evaluation.nlg`). Every finished run is appended to
 `benchmarks/e2e_runs.jsonl` and never run again with the same settings; the table goes to
 `e2e_results.md`.
 
@@ -112,7 +112,7 @@ def paired_tests(args, entries: list[dict]) -> str:
     The outputs are read back from the run directories (``predictions_validation.txt``, written by the
     decoding); a pair whose directories are gone is left out of this section.
     """
-    from dsee.significance import paired_bootstrap_bleu
+    from dsee.evaluation.significance import paired_bootstrap_bleu
     from dsee.train.textgen import load_e2e
 
     _, references = load_e2e(args.data_dir, "validation").grouped()

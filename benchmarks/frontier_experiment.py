@@ -390,7 +390,7 @@ def bleu_tests(args, cells) -> str:
     """Paired bootstrap of BLEU (same decoded MRs), each split against LoRA at the same budget and seed."""
     if not any(k[0] == "e2e" for k in cells):
         return ""
-    from dsee.significance import paired_bootstrap_bleu
+    from dsee.evaluation.significance import paired_bootstrap_bleu
     from dsee.train.textgen import load_e2e
 
     _, references = load_e2e(args.data_dir, "validation").grouped()

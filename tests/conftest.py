@@ -63,7 +63,7 @@ def logits(model, inputs) -> torch.Tensor:
 
 def randomize_adapters(model, seed: int = 1, scale: float = 0.05) -> None:
     """Give B and S non-zero values, as training would, so that ΔW matters."""
-    from dsee.inject import dsee_layers
+    from dsee.adapters.inject import dsee_layers
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

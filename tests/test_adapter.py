@@ -7,8 +7,8 @@ import torch
 
 from conftest import ARCHS, batch, logits, randomize_adapters, tiny_causal_lm, tiny_classifier
 from dsee import DSEEConfig, add_dsee, count_parameters, merge_dsee, remove_dsee
-from dsee.inject import dsee_layers
-from dsee.layer import linear_shape
+from dsee.adapters.inject import dsee_layers
+from dsee.adapters.layer import linear_shape
 
 SMALL = DSEEConfig(rank=4, alpha=8, num_sparse=16)
 

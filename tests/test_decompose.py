@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dsee import compute_support
-from dsee.decompose import METHODS, grebsmo
+from dsee.adapters.support import METHODS, grebsmo
 
 
 def planted(seed=0, m=768, n=768, r=32, num_outliers=64):

@@ -8,8 +8,8 @@ import torch
 from conftest import batch, logits, randomize_adapters, tiny_causal_lm, tiny_classifier
 from dsee import DSEEConfig, add_dsee, count_parameters, load_adapter, save_adapter
 from dsee.cli import main
-from dsee.inject import dsee_layers
-from dsee.layer import linear_shape
+from dsee.adapters.inject import dsee_layers
+from dsee.adapters.layer import linear_shape
 
 
 def test_density_replaces_the_count():

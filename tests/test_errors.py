@@ -7,7 +7,7 @@ import torch
 
 from conftest import batch, logits, tiny_classifier
 from dsee import DSEEConfig, add_dsee, compute_support, load_adapter, save_adapter
-from dsee.inject import dsee_layers
+from dsee.adapters.inject import dsee_layers
 
 
 def _unchanged(model, inputs, before):

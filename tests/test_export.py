@@ -9,8 +9,8 @@ import torch
 
 from conftest import batch, logits, randomize_adapters, tiny_classifier, tiny_causal_lm
 from dsee import DSEEConfig, add_dsee, load_pretrained, remove_heads_, remove_neurons_, save_pretrained
-from dsee.bench import time_models
-from dsee.prune import apply_masks_, unstructured_masks
+from dsee.evaluation.bench import time_models
+from dsee.sparsity.unstructured import apply_masks_, unstructured_masks
 
 
 def test_a_plain_transformers_directory_loads(tmp_path):

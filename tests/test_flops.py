@@ -1,4 +1,4 @@
-"""Analytic FLOPs (dsee.flops) against torch's FlopCounterMode on real forward passes."""
+"""Analytic FLOPs (dsee.sparsity.flops) against torch's FlopCounterMode on real forward passes."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dsee
 from dsee import DSEEConfig, add_dsee
-from dsee.flops import PARTS, flops_ratio, forward_flops, parameter_counts
-from dsee.layer import DSEELinear, linear_shape
+from dsee.sparsity.flops import PARTS, flops_ratio, forward_flops, parameter_counts
+from dsee.adapters.layer import DSEELinear, linear_shape
 from dsee.layout import blocks
-from dsee.structure import remove_heads_, remove_neurons_
+from dsee.sparsity.structure import remove_heads_, remove_neurons_
 
 B, L = 2, 16  # batch, sequence length
 T_ROWS = B * L

@@ -7,7 +7,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from dsee.arch import FusedLayout
-from dsee.layer import DSEELinear
+from dsee.adapters.layer import DSEELinear
 
 
 def _fill(delta, seed):

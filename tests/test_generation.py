@@ -158,7 +158,7 @@ def test_generate_refuses_bad_input(tmp_path, tiny_model_dir, csv_data, capsys):
 @needs_data
 def test_decoder_runs_prune_structurally_and_export(tmp_path, decoder_dir):
     """Heads (GPT-2's fused c_attn; Llama's grouped-query attention) and FFN neurons of a generation run."""
-    from dsee.export import load_pretrained
+    from dsee.sparsity.export import load_pretrained
     from dsee.train.pipeline import load_task_data, load_tokenizer, load_trained_model
     from dsee.train.run import load_run_config
 

@@ -7,10 +7,10 @@ import torch
 
 from conftest import batch, logits, tiny_causal_lm, tiny_classifier
 from dsee import DSEEConfig, add_dsee, load_adapter, save_adapter
-from dsee.calibration import squared_gradients
-from dsee.decompose import top_n_indices
-from dsee.inject import dsee_layers
-from dsee.layer import linear_weight
+from dsee.adapters.calibration import squared_gradients
+from dsee.adapters.support import top_n_indices
+from dsee.adapters.inject import dsee_layers
+from dsee.adapters.layer import linear_weight
 
 
 def _batches(k=3, labels=3):

@@ -10,8 +10,8 @@ import torch
 
 from conftest import batch, logits, randomize_adapters, tiny_classifier
 from dsee import DSEEConfig, add_dsee, count_parameters, load_adapter, save_adapter
-from dsee.inject import dsee_layers
-from dsee.io import WEIGHTS_NAME
+from dsee.adapters.inject import dsee_layers
+from dsee.adapters.io import WEIGHTS_NAME
 
 CFG = DSEEConfig(rank=4, alpha=8, num_sparse=16, sparse_method="grebsmo")
 
@@ -66,12 +66,12 @@ def test_file_size_matches_parameter_count(tmp_path):
 def test_loading_skips_support_selection(tmp_path, monkeypatch):
     model = _trained("bert")
     save_adapter(model, tmp_path)
-    import dsee.inject
+    import dsee.adapters.inject
 
     def fail(*args, **kwargs):
         raise AssertionError("support selection must not run when loading")
 
-    monkeypatch.setattr(dsee.inject, "compute_support", fail)
+    monkeypatch.setattr(dsee.adapters.inject, "compute_support", fail)
     load_adapter(tiny_classifier("bert"), tmp_path)
 
 

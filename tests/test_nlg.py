@@ -1,4 +1,4 @@
-"""dsee.nlg: E2E-style corpus metrics, checked against independent implementations and hand computations."""
+"""dsee.evaluation.nlg: E2E-style corpus metrics, checked against independent implementations and hand computations."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dsee import nlg
-from dsee.nlg import (
+from dsee.evaluation import nlg
+from dsee.evaluation.nlg import (
     METRICS,
     MeteorScorer,
     NLGMetricWarning,
@@ -217,7 +217,7 @@ def test_nist_follows_mteval_sig_length_rule():
 def test_nist_matches_nltk_with_one_reference():
     # With one reference per item NLTK's corpus_nist and mteval's definition coincide (same information
     # weights, same clipping, same length penalty); with several references NLTK scores against the single
-    # best reference instead, so the module does not use it (see dsee.nlg._nist).
+    # best reference instead, so the module does not use it (see dsee.evaluation.nlg._nist).
     from nltk.translate.nist_score import corpus_nist
 
     refs = [[g[0]] for g in REFS]
@@ -420,7 +420,7 @@ def test_missing_package_names_the_pip_package(monkeypatch):
 
 def test_import_is_cheap():
     code = (
-        "import sys, dsee.nlg; "
+        "import sys, dsee.evaluation.nlg; "
         "print(sorted(m for m in ('sacrebleu', 'nltk', 'pycocoevalcap', 'rouge_score') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

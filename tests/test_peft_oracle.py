@@ -11,7 +11,7 @@ peft = pytest.importorskip("peft")
 
 from conftest import batch, tiny_classifier  # noqa: E402
 from dsee import DSEEConfig, add_dsee  # noqa: E402
-from dsee.inject import dsee_layers  # noqa: E402
+from dsee.adapters.inject import dsee_layers  # noqa: E402
 
 CASES = {
     "bert": ["query", "value"],

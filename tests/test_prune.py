@@ -7,8 +7,8 @@ import torch
 
 from conftest import batch, logits, randomize_adapters, tiny_classifier
 from dsee import DSEEConfig, add_dsee, merge_dsee
-from dsee.layer import DSEELinear
-from dsee.prune import apply_masks_, piece_score, prunable_pieces, sparsity_report, unstructured_masks
+from dsee.adapters.layer import DSEELinear
+from dsee.sparsity.unstructured import apply_masks_, piece_score, prunable_pieces, sparsity_report, unstructured_masks
 
 
 def _adapted(arch="bert"):

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("accelerate")
 
 from dsee.cli import main  # noqa: E402
-from dsee.export import load_pretrained  # noqa: E402
+from dsee.sparsity.export import load_pretrained  # noqa: E402
 from dsee.layout import blocks  # noqa: E402
 from dsee.train.loop import evaluate_run, train  # noqa: E402
 from dsee.train.pipeline import load_task_data, load_tokenizer, load_trained_model  # noqa: E402

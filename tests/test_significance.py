@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from dsee import nlg
-from dsee.significance import paired_bootstrap_bleu
+from dsee.evaluation import nlg
+from dsee.evaluation.significance import paired_bootstrap_bleu
 
 REFS = [
     ["The Eagle is a cheap coffee shop near Burger King.", "Near Burger King, The Eagle is a low-priced coffee shop."],

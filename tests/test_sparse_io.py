@@ -12,8 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dsee import sparse_io
-from dsee.sparse_io import is_compact, load_compact, pack, save_compact, unpack
+from dsee.sparsity import sparse_io
+from dsee.sparsity.sparse_io import is_compact, load_compact, pack, save_compact, unpack
 
 # Integer views of the same width, to compare bit patterns (torch.equal says NaN != NaN, -0.0 == 0.0).
 BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,

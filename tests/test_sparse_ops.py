@@ -13,9 +13,9 @@ from torch import nn
 
 from conftest import batch, tiny_causal_lm, tiny_classifier
 from dsee import DSEEConfig, add_dsee
-from dsee.inject import dsee_layers
-from dsee.layer import DSEELinear, linear_weight
-from dsee.sparse_ops import folded_linear, sddmm, sparse_matmul
+from dsee.adapters.inject import dsee_layers
+from dsee.adapters.layer import DSEELinear, linear_weight
+from dsee.adapters.sparse_ops import folded_linear, sddmm, sparse_matmul
 
 torch.set_default_dtype(torch.float32)
 

@@ -9,10 +9,10 @@ import torch
 
 from conftest import batch, logits, randomize_adapters, tiny_classifier, tiny_config
 from dsee import DSEEConfig, add_dsee
-from dsee.importance import delta_head_scores, importance_scores, magnitude_neuron_scores, removal_plan
-from dsee.layer import DSEELinear, linear_weight
+from dsee.sparsity.importance import delta_head_scores, importance_scores, magnitude_neuron_scores, removal_plan
+from dsee.adapters.layer import DSEELinear, linear_weight
 from dsee.layout import blocks
-from dsee.structure import apply_structure_, remove_heads_, remove_neurons_, structure_plan
+from dsee.sparsity.structure import apply_structure_, remove_heads_, remove_neurons_, structure_plan
 
 ARCHS = ("bert", "roberta", "mpnet", "deberta-v2", "gpt2", "llama")
 # 4 query heads per layer; llama: 2 key/value groups of 2, so one head from each group

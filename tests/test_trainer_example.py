@@ -95,7 +95,7 @@ def args_for(task: str, model: Path, data_dir: Path, out: Path) -> list[str]:
 @pytest.mark.parametrize("task", list(TASKS))
 def test_trainer_trains_only_the_adapter_and_its_file_reproduces_the_model(task, tiny_bert, tmp_path):
     from dsee import DSEEConfig, add_dsee, load_adapter
-    from dsee.inject import adapter_state_dict
+    from dsee.adapters.inject import adapter_state_dict
     from dsee.train.metrics import main_metric
 
     data_dir = glue_dir()
@@ -157,7 +157,7 @@ def test_trainer_trains_only_the_adapter_and_its_file_reproduces_the_model(task,
 def test_resuming_from_a_trainer_checkpoint_reproduces_the_run(tiny_bert, tmp_path):
     """The checkpoint's state dict (DSEE keys) loads back into the adapted model: resuming at
     step 4 of 8 ends bitwise where the uninterrupted run ended."""
-    from dsee.inject import adapter_state_dict
+    from dsee.adapters.inject import adapter_state_dict
 
     data_dir = glue_dir()
     example = load_example()

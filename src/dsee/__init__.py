@@ -11,15 +11,15 @@ reloading models whose shapes changed), ``flops.py`` (what it saves).
 ``import dsee`` does not import the training stack.
 """
 
-from .config import DSEEConfig
-from .decompose import compute_support
-from .export import load_pretrained, save_pretrained
-from .flops import forward_flops, parameter_counts
-from .inject import DSEEState, ParameterCount, add_dsee, count_parameters, merge_dsee, remove_dsee
-from .io import load_adapter, save_adapter
-from .layer import DSEELinear, SparseLowRankDelta
-from .prune import apply_masks_, sparsity_report, unstructured_masks
-from .structure import remove_heads_, remove_neurons_, structure_plan
+from .adapters.config import DSEEConfig
+from .adapters.support import compute_support
+from .sparsity.export import load_pretrained, save_pretrained
+from .sparsity.flops import forward_flops, parameter_counts
+from .adapters.inject import DSEEState, ParameterCount, add_dsee, count_parameters, merge_dsee, remove_dsee
+from .adapters.io import load_adapter, save_adapter
+from .adapters.layer import DSEELinear, SparseLowRankDelta
+from .sparsity.unstructured import apply_masks_, sparsity_report, unstructured_masks
+from .sparsity.structure import remove_heads_, remove_neurons_, structure_plan
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from .config import INIT_MODES, SPARSE_METHODS
+from .adapters.config import INIT_MODES, SPARSE_METHODS
 
 
 def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def names_list(text: str | None) -> list[str] | None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .config import DSEEConfig
+    from .adapters.config import DSEEConfig
 
     targets = names_list(args.targets)
     return DSEEConfig(
@@ -53,10 +53,10 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Put DSEE adapters on a model and print the parameter report (optionally save the adapter)."""
-    from .inject import add_dsee
-    from .io import save_adapter
+    from .adapters.inject import add_dsee
+    from .adapters.io import save_adapter
     from .models import load_sequence_classifier, resolve_model
-    from .summary import parameter_report
+    from .adapters.summary import parameter_report
 
     config = config_from_args(args)
     path = resolve_model(args.model)
@@ -183,8 +183,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency of exported models side by side."""
-    from .bench import devices, time_models
-    from .export import load_pretrained
+    from .evaluation.bench import devices, time_models
+    from .sparsity.export import load_pretrained
 
     models = {args.dir: load_pretrained(args.dir)}
     for other in args.vs or []:
@@ -198,7 +198,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import load_rows, markdown, write_report
+    from .evaluation.report import load_rows, markdown, write_report
 
     paths = write_report(args.runs, args.out)
     print(markdown(load_rows(args.runs)))
@@ -218,7 +218,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Generate with a fine-tuned run: one output line per input line."""
     from pathlib import Path
 
-    from .io import atomic_write_text
+    from .adapters.io import atomic_write_text
     from .models import resolve_model
     from .train.generate import generate_texts
     from .train.pipeline import TaskData, load_tokenizer, load_trained_model

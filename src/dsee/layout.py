@@ -6,7 +6,7 @@ FLOPs count need the same map of each block:
     block i ─ attention: q, k, v (or one fused qkv) ─► heads of head_dim rows each ─► o (columns)
             └ FFN: ffn_in (rows = neurons; Llama: gate and up) ─► act ─► ffn_out (columns)
 
-Transformers 5 has no ``prune_heads``: this table is what lets ``dsee.structure`` slice the
+Transformers 5 has no ``prune_heads``: this table is what lets ``dsee.sparsity.structure`` slice the
 matrices itself. Names are relative to the block; ``layers`` is the path of the block list
 relative to the model's ``base_model``.
 """
@@ -99,7 +99,7 @@ class Block:
 
     @property
     def ffn_size(self) -> int:
-        from .layer import linear_shape
+        from .adapters.layer import linear_shape
 
         return linear_shape(self.get(self.spec.ffn_in[0]))[0]
 
@@ -126,7 +126,7 @@ def blocks(model: nn.Module) -> list[Block]:
     Head counts are read from the modules themselves (not the config), so a block whose heads
     were removed reports what it has now.
     """
-    from .layer import linear_shape
+    from .adapters.layer import linear_shape
 
     spec = block_spec(model)
     config = model.config

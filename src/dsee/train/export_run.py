@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..export import save_pretrained
-from ..io import atomic_write_text
-from ..inject import dsee_layers, merge_dsee
+from ..sparsity.export import save_pretrained
+from ..adapters.io import atomic_write_text
+from ..adapters.inject import dsee_layers, merge_dsee
 from ..models import resolve_model
 from .pipeline import load_task_data, load_tokenizer, load_trained_model
 from .run import LABELS, METRICS, load_run_config

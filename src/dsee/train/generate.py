@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..inject import dsee_layers, merge_dsee
-from ..io import atomic_write_text
+from ..adapters.inject import dsee_layers, merge_dsee
+from ..adapters.io import atomic_write_text
 from .textgen import prompt_ids
 
 
@@ -63,12 +63,12 @@ def evaluate_generation_run(run: str | Path, *, split: str = "validation", data_
                             max_items: int | None = None, beams: int = 10, length_penalty: float = 0.8,
                             no_repeat_ngram: int = 4, max_new_tokens: int = 64, batch_size: int = 8,
                             show_progress: bool = True) -> dict[str, Any]:
-    """Decode one split of a generation run's data and score it (``dsee.nlg.score``).
+    """Decode one split of a generation run's data and score it (``dsee.evaluation.nlg.score``).
 
     Writes ``RUN/predictions_<split>.txt`` (one output per distinct source, in order) and
     ``RUN/scores_<split>.json``; returns the scores with the decoding settings.
     """
-    from .. import nlg
+    from ..evaluation import nlg
     from ..models import resolve_model
     from .pipeline import TaskData, load_tokenizer, load_trained_model
     from .run import load_run_config

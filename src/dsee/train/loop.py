@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..inject import count_parameters
-from ..io import save_adapter
+from ..adapters.inject import count_parameters
+from ..adapters.io import save_adapter
 from ..models import resolve_model
 from .losses import causal_lm_loss, training_loss  # noqa: F401 (causal_lm_loss re-exported)
 from .metrics import compute_metrics
@@ -229,7 +229,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
         if not main:
             return
         if config.prune is not None:  # shapes and masks differ from the base model: the whole model
-            from ..export import save_pretrained
+            from ..sparsity.export import save_pretrained
 
             save_pretrained(unwrapped, run / MODEL_DIR)
         elif config.method == "full":
@@ -351,7 +351,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
 
 def model_figures(model: nn.Module, config: RunConfig) -> dict[str, Any]:
     """FLOPs of one forward pass at ``max_length`` tokens, parameters, non-zeros; the pruning summary."""
-    from ..flops import forward_flops, parameter_counts
+    from ..sparsity.flops import forward_flops, parameter_counts
     from ..layout import block_spec
 
     figures: dict[str, Any] = {}

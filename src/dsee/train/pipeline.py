@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..decompose import support_method
-from ..inject import add_dsee
-from ..io import load_adapter
+from ..adapters.support import support_method
+from ..adapters.inject import add_dsee
+from ..adapters.io import load_adapter
 from ..models import load_sequence_classifier, resolve_model
 from .data import Collator, TextDataset, encode, load_glue, load_table
 from .metrics import main_metric
@@ -203,7 +203,7 @@ def load_trained_model(run: str | Path, config: RunConfig, data: TaskData, token
     """The kept (best dev) model of a finished or interrupted run."""
     run = Path(run)
     if config.prune is not None:
-        from ..export import load_pretrained
+        from ..sparsity.export import load_pretrained
 
         if not (run / MODEL_DIR).is_dir():
             raise FileNotFoundError(f"{run}: no kept checkpoint yet ({MODEL_DIR}/)")

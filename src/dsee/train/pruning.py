@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import dataclass_from_dict
-from ..importance import (
+from ..adapters.config import dataclass_from_dict
+from ..sparsity.importance import (
     HEAD_SCORES,
     NEURON_SCORES,
     delta_head_scores,
@@ -30,8 +30,8 @@ from ..importance import (
     removal_plan,
 )
 from ..layout import blocks
-from ..prune import SCOPES, SCORES, apply_masks_, sparsity_report, unstructured_masks
-from ..structure import remove_heads_, remove_neurons_, structure_plan
+from ..sparsity.unstructured import SCOPES, SCORES, apply_masks_, sparsity_report, unstructured_masks
+from ..sparsity.structure import remove_heads_, remove_neurons_, structure_plan
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DSEEConfig, dataclass_from_dict
-from ..io import atomic_directory, atomic_write_text  # noqa: F401 (atomic_directory re-exported)
+from ..adapters.config import DSEEConfig, dataclass_from_dict
+from ..adapters.io import atomic_directory, atomic_write_text  # noqa: F401 (atomic_directory re-exported)
 
 METHODS = ("dsee", "lora", "full")
 DEFAULT_LR = {"dsee": 5e-4, "lora": 5e-4, "full": 5e-5}

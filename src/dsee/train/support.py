@@ -21,9 +21,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..calibration import squared_gradients
-from ..config import DSEEConfig
-from ..inject import add_dsee, dsee_layers, remove_dsee
+from ..adapters.calibration import squared_gradients
+from ..adapters.config import DSEEConfig
+from ..adapters.inject import add_dsee, dsee_layers, remove_dsee
 from .losses import training_loss
 
 

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import DSEEConfig
-from .inject import dsee_layers, inject
-from .io import atomic_directory
-from .layer import linear_shape
+from ..adapters.config import DSEEConfig
+from ..adapters.inject import dsee_layers, inject
+from ..adapters.io import atomic_directory
+from ..adapters.layer import linear_shape
 from .structure import apply_structure_, structure_plan
 
 MANIFEST = "dsee_model.json"

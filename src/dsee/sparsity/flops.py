@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layer import LINEAR_TYPES, DSEELinear, linear_shape
-from .layout import blocks
+from ..adapters.layer import LINEAR_TYPES, DSEELinear, linear_shape
+from ..layout import blocks
 
 PARTS = ("qkv", "attn_out", "scores", "rel_pos", "ffn", "adapter")
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .layer import DSEELinear, linear_weight
-from .layout import blocks
+from ..adapters.layer import DSEELinear, linear_weight
+from ..layout import blocks
 
 HEAD_SCORES = ("delta", "importance")
 NEURON_SCORES = ("magnitude", "importance")

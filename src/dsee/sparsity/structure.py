@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .layer import Conv1D, DSEELinear, SparseLowRankDelta, linear_shape
-from .layout import Block, blocks
+from ..adapters.layer import Conv1D, DSEELinear, SparseLowRankDelta, linear_shape
+from ..layout import Block, blocks
 
 HeadMap = Mapping[int, Sequence[int]]
 

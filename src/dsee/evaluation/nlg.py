@@ -57,7 +57,7 @@ Scales: every value is on the scale its implementation gives. BLEU, METEOR and R
 papers and the challenge's result tables report BLEU, METEOR and ROUGE-L ×100 and NIST and CIDEr raw
 (e.g. the TGen baseline on the test set: BLEU 65.93, NIST 8.61, METEOR 44.83, ROUGE-L 68.50, CIDEr 2.23).
 
-``import dsee.nlg`` imports no metric package; each is imported when a metric needs it.
+``import dsee.evaluation.nlg`` imports no metric package; each is imported when a metric needs it.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layer import DSEELinear, SparseLowRankDelta, linear_weight
-from .layout import blocks
+from ..adapters.layer import DSEELinear, SparseLowRankDelta, linear_weight
+from ..layout import blocks
 
 SCORES = ("weight", "delta", "weight+delta", "upstream")
 SCOPES = ("global", "layer")
@@ -62,7 +62,7 @@ def prunable_pieces(model: nn.Module) -> list[Piece]:
 
 
 def _fused_pieces(name: str, module: nn.Module) -> list[Piece]:
-    from .layer import linear_shape
+    from ..adapters.layer import linear_shape
 
     width = linear_shape(module)[0] // 3
     adapted = {n: (d, r) for n, d, r in module.deltas()} if isinstance(module, DSEELinear) else {}

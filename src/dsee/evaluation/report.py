@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_text
+from ..adapters.io import atomic_write_text
 
 
 def load_rows(runs: list[str | Path]) -> list[dict[str, Any]]:

@@ -103,7 +103,7 @@ class DSEEConfig:
             raise bad("alpha", "must be a positive number")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "must be in [0, 1)")
-        from .decompose import SUPPORT_METHODS  # the registry: methods added by users validate too
+        from .support import SUPPORT_METHODS  # the registry: methods added by users validate too
 
         if self.sparse_method not in SUPPORT_METHODS:
             raise bad("sparse_method", f"unknown method; choose one of {', '.join(SUPPORT_METHODS)}")

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arch import HEAD_NAMES, architecture, name_matches, num_attention_heads
+from ..arch import HEAD_NAMES, architecture, name_matches, num_attention_heads
 from .config import DSEEConfig
 from .calibration import LossFn
-from .decompose import compute_support, support_method
+from .support import compute_support, support_method
 from .layer import LINEAR_TYPES, DSEELinear, linear_shape, linear_weight
 
 

@@ -4,7 +4,7 @@ A corpus BLEU difference of one point on 50 items can come from a handful of sen
 bootstrap draws the items with replacement many times, scores both systems on each draw, and asks how
 often a difference as large as the observed one appears when the differences are centred on zero
 (sacrebleu's two-sided test, after Clark et al., 2011, ``multeval``). The BLEU is the one of
-:func:`dsee.nlg.score`: mteval-v13a preprocessing, multi-reference, corpus level.
+:func:`dsee.evaluation.nlg.score`: mteval-v13a preprocessing, multi-reference, corpus level.
 
 The resampling is sacrebleu's ``PairedTest``; this module only feeds it the E2E scorer's tokenisation and
 returns plain numbers. The draws are seeded (``seed``), so the same inputs give the same p-value.
@@ -25,7 +25,7 @@ def paired_bootstrap_bleu(baseline: Sequence[str], system: Sequence[str], refere
 
     Args:
         baseline, system: one output string per item, in the same item order.
-        references: one non-empty list of reference strings per item (as :func:`dsee.nlg.score`).
+        references: one non-empty list of reference strings per item (as :func:`dsee.evaluation.nlg.score`).
         resamples: bootstrap draws of the items (each draw has as many items as the corpus).
         seed: seed of the draws.
 
@@ -38,7 +38,7 @@ def paired_bootstrap_bleu(baseline: Sequence[str], system: Sequence[str], refere
         [0, 1]; ``items`` and ``resamples``.
 
     Raises:
-        ValueError: different lengths, empty input, empty references (as :func:`dsee.nlg.score`), or
+        ValueError: different lengths, empty input, empty references (as :func:`dsee.evaluation.nlg.score`), or
             ``resamples`` < 1.
     """
     if len(baseline) != len(system):
