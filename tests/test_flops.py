@@ -15,7 +15,7 @@ import dsee
 from dsee import DSEEConfig, add_dsee
 from dsee.sparsity.flops import PARTS, flops_ratio, forward_flops, parameter_counts
 from dsee.adapters.layer import DSEELinear, linear_shape
-from dsee.layout import blocks
+from dsee.arch import blocks
 from dsee.sparsity.structure import remove_heads_, remove_neurons_
 
 B, L = 2, 16  # batch, sequence length

@@ -11,7 +11,7 @@ pytest.importorskip("accelerate")
 
 from dsee.cli import main  # noqa: E402
 from dsee.sparsity.export import load_pretrained  # noqa: E402
-from dsee.layout import blocks  # noqa: E402
+from dsee.arch import blocks  # noqa: E402
 from dsee.train.loop import evaluate_run, train  # noqa: E402
 from dsee.train.pipeline import load_task_data, load_tokenizer, load_trained_model  # noqa: E402
 from dsee.train.run import RunConfig, load_run_config  # noqa: E402

@@ -11,7 +11,7 @@ from conftest import batch, logits, randomize_adapters, tiny_classifier, tiny_co
 from dsee import DSEEConfig, add_dsee
 from dsee.sparsity.importance import delta_head_scores, importance_scores, magnitude_neuron_scores, removal_plan
 from dsee.adapters.layer import DSEELinear, linear_weight
-from dsee.layout import blocks
+from dsee.arch import blocks
 from dsee.sparsity.structure import apply_structure_, remove_heads_, remove_neurons_, structure_plan
 
 ARCHS = ("bert", "roberta", "mpnet", "deberta-v2", "gpt2", "llama")

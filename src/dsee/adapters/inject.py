@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import HEAD_NAMES, architecture, name_matches, num_attention_heads
+from ..arch import HEAD_NAMES, model_spec, name_matches, num_attention_heads
 from .config import DSEEConfig
 from .calibration import LossFn
 from .support import compute_support, support_method
@@ -207,26 +207,26 @@ def describe_candidates(model: nn.Module, limit: int = 40) -> str:
 
 def resolve_targets(model: nn.Module, config: DSEEConfig, exclude: tuple[str, ...] = ()) -> list[_Target]:
     model_config = getattr(model, "config", None)
-    arch = architecture(getattr(model_config, "model_type", None))
+    spec = model_spec(model)
     candidates = [
         (n, m) for n, m in linear_candidates(model) if not any(n == e or n.startswith(e + ".") for e in exclude)
     ]
     targets: list[_Target] = []
     if config.targets is None:
-        if arch is None or (not arch.targets and arch.fused is None):
+        if spec is None or not spec.has_default_targets:
             model_type = getattr(model_config, "model_type", type(model).__name__)
             raise ValueError(
                 f"no default DSEE targets for model type {model_type!r}: pass targets=[...] "
                 f"(exact name, dotted suffix or regex); linear layers: {describe_candidates(model)}"
             )
-        if arch.fused is not None:
+        if spec.fused is not None:
             heads = num_attention_heads(model_config)
             for name, module in candidates:
-                if name_matches(name, arch.fused.module):
+                if name_matches(name, spec.fused.module):
                     d_out, _ = linear_shape(module)
-                    slices = {s: arch.fused.rows(s, d_out, heads) for s in arch.fused.slices}
+                    slices = {s: spec.fused.rows(s, d_out, heads) for s in spec.fused.slices}
                     targets.append(_Target(name, module, slices))
-        wanted = arch.targets
+        wanted = spec.targets
     else:
         wanted = config.targets
     for name, module in candidates:
@@ -240,8 +240,8 @@ def resolve_targets(model: nn.Module, config: DSEEConfig, exclude: tuple[str, ..
 
 def resolve_modules_to_save(model: nn.Module, config: DSEEConfig) -> tuple[str, ...]:
     if config.modules_to_save is None:  # the task head of a classification model; nothing for an LM
-        arch = architecture(getattr(getattr(model, "config", None), "model_type", None))
-        heads = arch.heads if arch is not None else HEAD_NAMES
+        spec = model_spec(model)
+        heads = spec.heads if spec is not None else HEAD_NAMES
         return tuple(n for n in heads if isinstance(getattr(model, n, None), nn.Module))
     names = [n for n, _ in model.named_modules() if n]
     found: list[str] = []

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..adapters.layer import LINEAR_TYPES, DSEELinear, linear_shape
-from ..layout import blocks
+from ..arch import blocks
 
 PARTS = ("qkv", "attn_out", "scores", "rel_pos", "ffn", "adapter")
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..adapters.layer import DSEELinear, linear_weight
-from ..layout import blocks
+from ..arch import blocks
 
 HEAD_SCORES = ("delta", "importance")
 NEURON_SCORES = ("magnitude", "importance")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..adapters.layer import Conv1D, DSEELinear, SparseLowRankDelta, linear_shape
-from ..layout import Block, blocks
+from ..arch import Block, FusedLayout, blocks, ffn_size, num_attention_heads
 
 HeadMap = Mapping[int, Sequence[int]]
 
@@ -132,20 +132,20 @@ def _check_heads(block: Block, removed: Sequence[int]) -> torch.Tensor:
     return torch.tensor(kept, dtype=torch.long)
 
 
-def _slice_fused_qkv_(layer: nn.Module, kept: torch.Tensor, head_dim: int) -> None:
-    """GPT-2's c_attn: rows [q | k | v], each a block of heads·head_dim rows."""
-    width = linear_shape(layer)[0] // 3
-    within = _head_rows(kept, head_dim)
-    rows = torch.cat([part * width + within for part in range(3)])
+def _slice_fused_qkv_(layer: nn.Module, fused: FusedLayout, kept: torch.Tensor, num_heads: int) -> None:
+    """A fused q|k|v projection (GPT-2's c_attn): keep the q, k and v rows of the heads ``kept``."""
+    d_out = linear_shape(layer)[0]
+    rows = fused.head_rows(kept, d_out, num_heads)
     if not isinstance(layer, DSEELinear):
         _slice_plain_(layer, rows, "out")
         return
     _slice_plain_(layer.base_layer, rows, "out")
-    new_width = len(within)
+    new_out, new_heads = len(rows), len(kept)
+    head_dim = d_out // 3 // num_heads
+    within = _head_rows(kept, head_dim)  # the kept positions inside one slice
     for name, delta, _ in layer.deltas():
         _slice_delta_(delta, within, "out")
-        part = "qkv".index(name)
-        setattr(layer, layer.rows_name(name), torch.arange(part * new_width, (part + 1) * new_width))
+        setattr(layer, layer.rows_name(name), fused.rows(name, new_out, new_heads))
     if layer.prune_mask is not None:
         layer.prune_mask = layer.prune_mask[rows].contiguous()
 
@@ -188,7 +188,7 @@ def remove_heads_(model: nn.Module, heads: HeadMap) -> nn.Module:
         block = all_blocks[layer]
         spec, d = block.spec, block.head_dim
         if spec.qkv:
-            _slice_fused_qkv_(block.get(spec.qkv), kept, d)
+            _slice_fused_qkv_(block.get(spec.qkv), block.fused, kept, block.num_heads)
         else:
             keep_rows_(block.get(spec.q), _head_rows(kept, d))
             if block.group_size == 1:  # with grouped-query attention the key/value heads stay
@@ -247,7 +247,7 @@ def structure_plan(model: nn.Module) -> dict[str, dict[str, list[int]]]:
     Layer keys are strings (JSON). Empty dicts for an unpruned model.
     """
     config = model.config
-    heads0 = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+    heads0 = num_attention_heads(config)
     plan: dict[str, dict[str, list[int]]] = {"heads": {}, "neurons": {}}
     for block in blocks(model):
         kept = getattr(block.attention, "dsee_kept_heads", None)
@@ -255,7 +255,7 @@ def structure_plan(model: nn.Module) -> dict[str, dict[str, list[int]]]:
             plan["heads"][str(block.index)] = [h for h in range(heads0) if h not in set(kept)]
         kept_n = getattr(block.module, "dsee_kept_neurons", None)
         if kept_n is not None:
-            size0 = _original_ffn_size(config)
+            size0 = ffn_size(config)
             if len(kept_n) < size0:
                 plan["neurons"][str(block.index)] = [n for n in range(size0) if n not in set(kept_n)]
     return plan
@@ -266,12 +266,3 @@ def apply_structure_(model: nn.Module, plan: Mapping[str, Mapping[str, Sequence[
     remove_heads_(model, {int(k): v for k, v in plan.get("heads", {}).items()})
     remove_neurons_(model, {int(k): v for k, v in plan.get("neurons", {}).items()})
     return model
-
-
-def _original_ffn_size(config) -> int:
-    for key in ("intermediate_size", "n_inner"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
-    return 4 * hidden  # GPT-2's default n_inner

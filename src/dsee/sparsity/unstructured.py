@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..adapters.layer import DSEELinear, SparseLowRankDelta, linear_weight
-from ..layout import blocks
+from ..adapters.layer import DSEELinear, SparseLowRankDelta, linear_shape, linear_weight
+from ..arch import Block, blocks
 
 SCORES = ("weight", "delta", "weight+delta", "upstream")
 SCOPES = ("global", "layer")
@@ -53,7 +53,7 @@ def prunable_pieces(model: nn.Module) -> list[Piece]:
         names = [spec.q, spec.k, spec.v] if not spec.qkv else []
         names += [spec.o, *spec.ffn_in, spec.ffn_out]
         if spec.qkv:
-            pieces += _fused_pieces(block.full_name(spec.qkv), block.get(spec.qkv))
+            pieces += _fused_pieces(block)
         for rel in names:
             module = block.get(rel)
             delta = module.deltas()[0][1] if isinstance(module, DSEELinear) and module.slice_names == ("",) else None
@@ -61,17 +61,13 @@ def prunable_pieces(model: nn.Module) -> list[Piece]:
     return pieces
 
 
-def _fused_pieces(name: str, module: nn.Module) -> list[Piece]:
-    from ..adapters.layer import linear_shape
-
-    width = linear_shape(module)[0] // 3
-    adapted = {n: (d, r) for n, d, r in module.deltas()} if isinstance(module, DSEELinear) else {}
-    out = []
-    for part, slice_name in enumerate("qkv"):
-        rows = torch.arange(part * width, (part + 1) * width)
-        delta = adapted.get(slice_name, (None, None))[0]
-        out.append(Piece(f"{name}:{slice_name}", name, module, rows, delta))
-    return out
+def _fused_pieces(block: Block) -> list[Piece]:
+    """The q, k and v slices of a block's fused projection, each a piece of its own."""
+    name, module = block.full_name(block.spec.qkv), block.get(block.spec.qkv)
+    d_out = linear_shape(module)[0]
+    adapted = {n: d for n, d, _ in module.deltas()} if isinstance(module, DSEELinear) else {}
+    return [Piece(f"{name}:{s}", name, module, block.fused.rows(s, d_out, block.num_heads), adapted.get(s))
+            for s in "qkv"]
 
 
 def _base_weight(piece: Piece) -> torch.Tensor:

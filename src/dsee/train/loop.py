@@ -352,7 +352,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
 def model_figures(model: nn.Module, config: RunConfig) -> dict[str, Any]:
     """FLOPs of one forward pass at ``max_length`` tokens, parameters, non-zeros; the pruning summary."""
     from ..sparsity.flops import forward_flops, parameter_counts
-    from ..layout import block_spec
+    from ..arch import block_spec
 
     figures: dict[str, Any] = {}
     try:

@@ -29,7 +29,7 @@ from ..sparsity.importance import (
     magnitude_neuron_scores,
     removal_plan,
 )
-from ..layout import blocks
+from ..arch import blocks
 from ..sparsity.unstructured import SCOPES, SCORES, apply_masks_, sparsity_report, unstructured_masks
 from ..sparsity.structure import remove_heads_, remove_neurons_, structure_plan
 
