@@ -23,44 +23,21 @@ given the seed, on the weight's device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import torch
 
-
-@dataclass(frozen=True)
-class SupportMethod:
-    """A named way to choose Ω. ``needs``: statistics from data it reads (e.g. ``("grad_sq",)``)."""
-
-    name: str
-    select: Callable[..., torch.Tensor]
-    needs: tuple[str, ...] = ()
-    description: str = ""
-
-    @property
-    def needs_data(self) -> bool:
-        return bool(self.needs)
+from ..registry import Entry, Registry
 
 
-SUPPORT_METHODS: dict[str, SupportMethod] = {}
+SUPPORT_METHODS = Registry("sparse_method")
+# ``fn(weight (m, n) float32, num_sparse, generator, statistics, **options) -> (N,) indices``;
+# ``needs``: the statistics from data a method reads (e.g. ("grad_sq",))
+register_support_method = SUPPORT_METHODS.register
 
 
-def register_support_method(name: str, *, needs: tuple[str, ...] = (), description: str = ""):
-    """Register ``fn(weight (m, n) float32, num_sparse, generator, statistics, **options) -> (N,) indices``."""
-
-    def register(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        text = description or (fn.__doc__ or "").strip().splitlines()[0]
-        SUPPORT_METHODS[name] = SupportMethod(name, fn, tuple(needs), text)
-        return fn
-
-    return register
-
-
-def support_method(name: str) -> SupportMethod:
-    if name not in SUPPORT_METHODS:
-        raise ValueError(f"unknown sparse_method {name!r}; choose one of {', '.join(SUPPORT_METHODS)}")
-    return SUPPORT_METHODS[name]
+def support_method(name: str) -> Entry:
+    return SUPPORT_METHODS.get(name)
 
 
 def compute_support(
@@ -77,7 +54,7 @@ def compute_support(
     Args:
         weight: W0, shape (m, n), any float dtype, any device; not modified.
         num_sparse: N, 0 <= N <= m·n.
-        method: a name in ``SUPPORT_METHODS`` (see the module docstring).
+        method: a name registered in ``SUPPORT_METHODS`` (see the module docstring).
         seed: seeds the random sketches (grebsmo, upstream) and the random support.
         statistics: what a data-aware method reads, each (m, n): ``grad_sq`` for "gradient".
         options: method options, e.g. ``rank`` (GreBsmo's target rank; default ``default_rank``).
@@ -108,7 +85,7 @@ def compute_support(
     if not torch.isfinite(w).all():
         raise ValueError("compute_support: the weight holds NaN or infinite values")
     generator = torch.Generator(device=w.device).manual_seed(seed)
-    return chosen.select(w, num_sparse, generator, statistics, **options)
+    return chosen.fn(w, num_sparse, generator, statistics, **options)
 
 
 # |W0 - L| orders entries exactly as |S'| does wherever S' is non-zero (both thresholds are
@@ -281,4 +258,4 @@ def upstream_low_rank(
 
 
 # the methods that read only the weight (``compute_support(weight, N, method)`` needs nothing else)
-METHODS = tuple(name for name, method in SUPPORT_METHODS.items() if not method.needs_data)
+METHODS = tuple(name for name in SUPPORT_METHODS if not SUPPORT_METHODS.get(name).needs_data)

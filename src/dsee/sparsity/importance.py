@@ -23,9 +23,12 @@ from torch import nn
 
 from ..adapters.layer import DSEELinear, linear_weight
 from ..arch import blocks
+from ..registry import Registry
 
-HEAD_SCORES = ("delta", "importance")
-NEURON_SCORES = ("magnitude", "importance")
+# fn(model, batches, cache) -> one (units,) score tensor per block; ``cache`` lets the head and the
+# neuron importance share one pass over the batches
+HEAD_SCORES = Registry("head score")
+NEURON_SCORES = Registry("FFN-neuron score")
 
 
 def _delta_rows(module: nn.Module, slice_name: str) -> torch.Tensor | None:
@@ -172,3 +175,28 @@ def removal_plan(scores: list[torch.Tensor], fraction: float, *, per_layer: bool
 def head_group_sizes(model: nn.Module) -> list[int]:
     return [b.group_size for b in blocks(model)]
 
+
+def _importance(model: nn.Module, batches, cache: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    if "importance" not in cache:
+        cache["importance"] = importance_scores(model, batches)
+    return cache["importance"]
+
+
+@HEAD_SCORES.register("delta", description="Σ|ΔW_q| + Σ|ΔW_v| over the head's rows (the released code's rule)")
+def _delta_heads(model, batches, cache):
+    return delta_head_scores(model)
+
+
+@HEAD_SCORES.register("importance", needs=("batches",), description="|∂loss/∂gate| (Michel et al. 2019)")
+def _importance_heads(model, batches, cache):
+    return _importance(model, batches, cache)[0]
+
+
+@NEURON_SCORES.register("magnitude", description="‖FFN-in rows‖·‖FFN-out column‖")
+def _magnitude_neurons(model, batches, cache):
+    return magnitude_neuron_scores(model)
+
+
+@NEURON_SCORES.register("importance", needs=("batches",), description="|∂loss/∂gate| (Michel et al. 2019)")
+def _importance_neurons(model, batches, cache):
+    return _importance(model, batches, cache)[1]

@@ -29,9 +29,35 @@ from torch import nn
 
 from ..adapters.layer import DSEELinear, SparseLowRankDelta, linear_shape, linear_weight
 from ..arch import Block, blocks
+from ..registry import Registry
 
-SCORES = ("weight", "delta", "weight+delta", "upstream")
 SCOPES = ("global", "layer")
+# fn(weight (rows, d_in) float32, delta (rows, d_in) or None when the matrix has no DSEE update) -> scores;
+# ``two_groups``: adapted and other matrices are ranked apart (their scores are not comparable);
+# ``own_ratio``: the adapted group takes its own ratio (``adapted_sparsity``)
+SCORES = Registry("score")
+
+
+@SCORES.register("weight", description="|W0|")
+def _weight_score(weight, delta):
+    return weight.abs()
+
+
+@SCORES.register("delta", description="|ΔW| where a DSEE update is, |W0| elsewhere, ranked as two groups",
+                 two_groups=True)
+def _delta_score(weight, delta):
+    return weight.abs() if delta is None else delta.abs()
+
+
+@SCORES.register("weight+delta", description="|W0 + ΔW|")
+def _merged_score(weight, delta):
+    return weight.abs() if delta is None else (weight + delta).abs()
+
+
+@SCORES.register("upstream", description="the released recipe: delta's two groups, each at its own ratio",
+                 two_groups=True, own_ratio=True)
+def _upstream_score(weight, delta):
+    return _delta_score(weight, delta)
 
 
 @dataclass(frozen=True)
@@ -80,10 +106,8 @@ def _base_weight(piece: Piece) -> torch.Tensor:
 def piece_score(piece: Piece, score: str) -> torch.Tensor:
     """The magnitude score of every entry of ``piece``: (rows, d_in), float32."""
     weight = _base_weight(piece).float()
-    if score == "weight" or piece.delta is None:
-        return weight.abs()
-    delta = piece.delta.delta_weight().float()
-    return delta.abs() if score in ("delta", "upstream") else (weight + delta).abs()
+    delta = None if piece.delta is None else piece.delta.delta_weight().float()
+    return SCORES.get(score).fn(weight, delta)
 
 
 def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -107,17 +131,16 @@ def unstructured_masks(
     ``adapted_sparsity`` (only with ``score="upstream"``) is the ratio for the matrices with a DSEE
     update; by default the same as ``sparsity``.
     """
-    if score not in SCORES:
-        raise ValueError(f"score={score!r}: choose one of {', '.join(SCORES)}")
+    entry = SCORES.get(score)
     if scope not in SCOPES:
         raise ValueError(f"scope={scope!r}: choose global or layer")
     for name, value in (("sparsity", sparsity), ("adapted_sparsity", adapted_sparsity)):
         if value is not None and not 0 <= value < 1:
             raise ValueError(f"{name}={value}: must be in [0, 1)")
-    if adapted_sparsity is not None and score != "upstream":
+    if adapted_sparsity is not None and not entry.options.get("own_ratio"):
         raise ValueError("adapted_sparsity is the upstream recipe's second ratio: use it with score='upstream'")
     pieces = prunable_pieces(model)
-    two_groups = score in ("delta", "upstream")
+    two_groups = entry.options.get("two_groups", False)
     if two_groups and not any(p.delta is not None for p in pieces):
         raise ValueError(f"score={score!r} ranks by |ΔW|, but no pruned matrix has a DSEE update")
     groups: dict[str, list[Piece]] = {}

@@ -193,7 +193,7 @@ def build_pruned_model(config: RunConfig, data: TaskData, tokenizer=None) -> nn.
                          f"not on {config.task or config.train_file}")
     model = load_trained_model(settings.source, source_config, data, tokenizer)
     batches = None
-    if (settings.heads and settings.head_score == "importance") or (settings.ffn and settings.ffn_score == "importance"):
+    if settings.needs_batches:
         batches = importance_batches(data, tokenizer, config, settings.importance_batches)
     prune_model_(model, settings, batches)
     return model.train()

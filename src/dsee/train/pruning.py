@@ -20,16 +20,9 @@ import torch
 from torch import nn
 
 from ..adapters.config import dataclass_from_dict
-from ..sparsity.importance import (
-    HEAD_SCORES,
-    NEURON_SCORES,
-    delta_head_scores,
-    head_group_sizes,
-    importance_scores,
-    magnitude_neuron_scores,
-    removal_plan,
-)
 from ..arch import blocks
+from ..registry import Registry
+from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES, head_group_sizes, removal_plan
 from ..sparsity.unstructured import SCOPES, SCORES, apply_masks_, sparsity_report, unstructured_masks
 from ..sparsity.structure import remove_heads_, remove_neurons_, structure_plan
 
@@ -74,6 +67,12 @@ class PruneSettings:
     def structured(self) -> bool:
         return bool(self.heads) or bool(self.ffn)
 
+    @property
+    def needs_batches(self) -> bool:
+        """True when a chosen head or neuron score reads training batches."""
+        return bool(self.heads and HEAD_SCORES.get(self.head_score).needs_data) or bool(
+            self.ffn and NEURON_SCORES.get(self.ffn_score).needs_data)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -108,28 +107,30 @@ def importance_batches(data, tokenizer, config, count: int) -> list[dict[str, to
     return calibration_batches(data, tokenizer, config, count, cycle=False)
 
 
+def _unit_scores(registry: Registry, name: str, model: nn.Module, batches, cache: dict) -> list[torch.Tensor]:
+    entry = registry.get(name)
+    if entry.needs_data and batches is None:
+        raise ValueError(f"{registry.what} {name!r} needs training batches")
+    return entry.fn(model, batches, cache)
+
+
 def prune_model_(model: nn.Module, settings: PruneSettings, batches=None) -> dict[str, Any]:
     """Apply ``settings`` to a trained DSEE model in place; returns what was removed.
 
-    Structured removal first (heads, then FFN neurons), then unstructured masks on what is left.
+    Structured removal first (heads, then FFN neurons, both scored on the model before any
+    removal), then unstructured masks on what is left.
     """
     removed: dict[str, Any] = {}
     if settings.structured:
-        needs_importance = (settings.heads and settings.head_score == "importance") or (
-            settings.ffn and settings.ffn_score == "importance")
-        imp_heads = imp_neurons = None
-        if needs_importance:
-            if batches is None:
-                raise ValueError("importance scores need training batches")
-            imp_heads, imp_neurons = importance_scores(model, batches)
+        cache: dict = {}
+        head_scores = _unit_scores(HEAD_SCORES, settings.head_score, model, batches, cache) if settings.heads else None
+        neuron_scores = _unit_scores(NEURON_SCORES, settings.ffn_score, model, batches, cache) if settings.ffn else None
         if settings.heads:
-            scores = imp_heads if settings.head_score == "importance" else delta_head_scores(model)
-            plan = removal_plan(scores, settings.heads, per_layer=settings.per_layer,
+            plan = removal_plan(head_scores, settings.heads, per_layer=settings.per_layer,
                                 group_sizes=head_group_sizes(model), what="heads")
             remove_heads_(model, plan)
         if settings.ffn:
-            scores = imp_neurons if settings.ffn_score == "importance" else magnitude_neuron_scores(model)
-            plan = removal_plan(scores, settings.ffn, per_layer=settings.per_layer, what="FFN neurons")
+            plan = removal_plan(neuron_scores, settings.ffn, per_layer=settings.per_layer, what="FFN neurons")
             remove_neurons_(model, plan)
         removed = structure_plan(model)
     if settings.sparsity:
