@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from dsee.train.loop import train, trainable_state
+from dsee.train.checkpoint import trainable_state
+from dsee.train.loop import train
 from dsee.train.run import RunConfig
 
 config = RunConfig(**json.loads(sys.argv[1]))

@@ -114,7 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .train.loop import evaluate_run
+    from .train.evaluation import evaluate_run
     from .train.run import load_run_config
 
     if load_run_config(args.run).is_generation:

@@ -1,33 +1,35 @@
-"""The training loop: one loop for DSEE, LoRA (DSEE with N = 0) and full fine-tuning.
+"""The training recipe: one loop for DSEE, LoRA (DSEE with N = 0) and full fine-tuning.
+
+    train(config)  =  set_up ─► restore (--resume) ─► run_epoch … ─► finish
+                                     each optimizer step may evaluate_and_select and checkpoint
 
 Built on Hugging Face Accelerate, so the same code runs on one CPU, one GPU, or many processes
 under ``torchrun`` / ``accelerate launch`` (distributed data parallel). AdamW, linear schedule
 with warm-up, gradient accumulation and clipping; evaluation every K steps and/or per epoch; the
-best dev checkpoint by the task's main metric is kept; the latest state is checkpointed so that
-an interrupted run resumes (``--resume``) where it stopped.
+best dev checkpoint by the task's main metric is kept (``save_best``); the latest state is
+checkpointed (``checkpoint.py``) so that an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..adapters.inject import count_parameters
+from ..adapters.inject import ParameterCount, count_parameters
 from ..adapters.io import save_adapter
 from ..models import resolve_model
+from .checkpoint import Progress, restore_checkpoint, save_checkpoint
+from .evaluation import evaluate, evaluate_run, make_eval_loaders, score_of  # noqa: F401 (evaluate_run re-exported)
 from .losses import causal_lm_loss, training_loss  # noqa: F401 (causal_lm_loss re-exported)
-from .metrics import compute_metrics
-from .pipeline import TaskData, build_model, load_task_data, load_tokenizer, load_trained_model
+from .pipeline import TaskData, build_model, load_task_data, load_tokenizer
 from .run import (
     ADAPTER_DIR,
     CHECKPOINT,
@@ -46,21 +48,6 @@ from .run import (
 
 class Interrupted(Exception):
     """Raised by ``train(..., interrupt_after=K)``: a stand-in for a killed run, used by tests."""
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in the checkpoint."""
-
-    epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of this process already consumed in ``epoch``
-    step: int = 0  # optimizer steps done
-    best_score: float = -math.inf
-    best_step: int = -1
-    best_metrics: dict[str, Any] | None = None
-    last_eval_step: int = -1
-    train_seconds: float = 0.0
-    examples_seen: int = 0
 
 
 def make_accelerator(config: RunConfig):
@@ -89,235 +76,194 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def make_eval_loaders(data: TaskData, tokenizer, config: RunConfig, batch_size: int, accelerator) -> dict:
-    """One loader per evaluation split, sharded over processes (gathered back in ``evaluate``)."""
-    collate = data.collator(tokenizer)
-    return {
-        name: accelerator.prepare_data_loader(
-            DataLoader(data.encode(ds, tokenizer, config), batch_size=batch_size, collate_fn=collate)
-        )
-        for name, ds in data.evals.items()
-    }
+@dataclass
+class Session:
+    """Everything one training run holds while it runs."""
+
+    config: RunConfig
+    run: Path
+    accelerator: Any
+    data: TaskData
+    model: nn.Module  # as prepared by Accelerate (a DDP wrapper in a distributed run)
+    unwrapped: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    trainable: list[nn.Parameter]
+    train_examples: list[dict]
+    collate: Any
+    eval_loaders: dict
+    per_process: int  # micro-batches per epoch on each process
+    total_steps: int
+    count: ParameterCount
+    wall_start: float
+    progress: Progress = field(default_factory=Progress)
+    bar: Any = None
+    running_loss: float = 0.0
+    running_count: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
-def evaluate_generation_loss(model: nn.Module, loader, accelerator) -> dict[str, float]:
-    """Dev loss per target token (no smoothing), its perplexity, and ``neg_loss`` for selection."""
-    model.eval()
-    total, count = torch.zeros(()), torch.zeros(())
-    with torch.no_grad():
-        for batch in loader:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            loss = causal_lm_loss(model(**inputs).logits, batch["labels"], reduction="sum")
-            tokens = (batch["labels"][:, 1:] != -100).sum()
-            total += accelerator.reduce(loss.detach().float().reshape(()), "sum").cpu()
-            count += accelerator.reduce(tokens.float().reshape(()), "sum").cpu()
-    mean = float(total / count.clamp(min=1))
-    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "neg_loss": -mean}
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def evaluate(model: nn.Module, loader, accelerator, metric_kind: str) -> dict[str, float]:
-    """Dev metrics of ``model`` on ``loader`` (gathered over processes, duplicates dropped)."""
-    if metric_kind == "generation":
-        return evaluate_generation_loss(model, loader, accelerator)
-    model.eval()
-    predictions, labels, losses = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            out = model(**batch)
-            logits, gold = accelerator.gather_for_metrics((out.logits.float(), batch["labels"]))
-            predictions.append(logits.cpu())
-            labels.append(gold.cpu())
-            losses.append(accelerator.gather_for_metrics(out.loss.detach().float().reshape(1)).mean().item())
-    preds = torch.cat(predictions)
-    if preds.shape[-1] == 1:
-        preds = preds.squeeze(-1)
-    metrics = compute_metrics(metric_kind, preds.numpy(), torch.cat(labels).numpy())
-    metrics["loss"] = float(np.mean(losses))
-    return metrics
-
-
-def score_of(metrics: dict[str, float], name: str) -> float:
-    value = metrics.get(name, float("nan"))
-    return -math.inf if value is None or math.isnan(value) else value
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def train(config: RunConfig, resume: bool = False, overwrite: bool = False, interrupt_after: int | None = None,
-          show_progress: bool = True, return_model: bool = False):
-    """Run (or resume) a training run; returns the final metrics (also in RUN/metrics.json), and
-    with ``return_model`` also this process's model as it ended training (not the kept one)."""
+def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
+    """Check RUN, load data and model, build optimizer and schedule. Nothing is written before the
+    data and model have loaded, so bad data or a bad model leaves no half-made run directory."""
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     accelerator = make_accelerator(config)
-    main = accelerator.is_main_process
-    if main or resume:  # read-only checks; nothing is written until data and model have loaded
+    if accelerator.is_main_process or resume:  # read-only checks
         config = resolve_run(config, resume, overwrite)
     run = Path(config.out)
     set_seed(config.seed)
     wall_start = time.perf_counter()
-
     model_path = resolve_model(config.model)
-    data = load_task_data(config)  # bad data fails here, before the run directory exists
+    data = load_task_data(config)
     tokenizer = load_tokenizer(model_path)
     model = build_model(config, data, model_path, tokenizer)
     count = count_parameters(model)
-    if main:
+    if accelerator.is_main_process:
         if not resume:
             create_run_directory(config, overwrite)
         save_json(run / LABELS, {"task_type": data.task_type, "label_list": data.label_list})
     accelerator.wait_for_everyone()
 
-    collate = data.collator(tokenizer)
     train_examples = data.encode(data.train, tokenizer, config)
     eval_loaders = make_eval_loaders(data, tokenizer, config, config.eval_batch_size, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-
     per_process = math.ceil(len(train_examples) / (config.batch_size * accelerator.num_processes))
     steps_per_epoch = math.ceil(per_process / config.grad_accum)
     # 0 only for a pruned run evaluated without re-tuning
     total_steps = 0 if config.epochs == 0 else max(1, math.ceil(steps_per_epoch * config.epochs))
     # the scheduler is stepped once per optimizer step on every process, so it is not prepared
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    return Session(config, run, accelerator, data, model, accelerator.unwrap_model(model), optimizer, scheduler,
+                   trainable, train_examples, data.collator(tokenizer), eval_loaders, per_process, total_steps,
+                   count, wall_start)
 
-    progress = Progress()
-    if resume and (run / CHECKPOINT).is_file():
-        ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
-        with torch.no_grad():
-            params = dict(unwrapped.named_parameters())
-            for name, value in ckpt["trainable"].items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        progress = Progress(**ckpt["progress"])
-        _set_rng_state(ckpt["rng"])
-        if main:
-            truncate_eval_log(run, progress.step)
 
-    def save_checkpoint() -> None:
-        if not main:
-            return
-        state = {
-            "trainable": trainable_state(unwrapped),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "progress": progress.__dict__.copy(),
-            "rng": _rng_state(),
-        }
-        tmp = run / f".{CHECKPOINT}.tmp"
-        torch.save(state, tmp)
-        tmp.replace(run / CHECKPOINT)
+def restore(s: Session) -> None:
+    """Continue from ``RUN/checkpoint.pt``: trainable tensors, optimizer, schedule, position, random states."""
+    if not (s.run / CHECKPOINT).is_file():
+        return
+    s.progress = restore_checkpoint(s.run, s.unwrapped, s.optimizer, s.scheduler)
+    if s.main:
+        truncate_eval_log(s.run, s.progress.step)
 
-    def save_best() -> None:
-        if not main:
-            return
-        if config.prune is not None:  # shapes and masks differ from the base model: the whole model
-            from ..sparsity.export import save_pretrained
 
-            save_pretrained(unwrapped, run / MODEL_DIR)
-        elif config.method == "full":
-            with atomic_directory(run / MODEL_DIR) as tmp:
-                unwrapped.save_pretrained(tmp)
-        else:
-            with atomic_directory(run / ADAPTER_DIR) as tmp:
-                save_adapter(unwrapped, tmp)
+def checkpoint(s: Session) -> None:
+    if s.main:
+        save_checkpoint(s.run, s.unwrapped, s.optimizer, s.scheduler, s.progress)
 
-    def run_evaluation(epoch_float: float, train_loss: float | None) -> None:
-        results = {name: evaluate(model, loader, accelerator, data.metric_kind) for name, loader in eval_loaders.items()}
-        model.train()
-        selection = results[data.selection_split]
-        progress.last_eval_step = progress.step
-        improved = score_of(selection, data.main_metric) > progress.best_score
-        if improved:
-            progress.best_score = score_of(selection, data.main_metric)
-            progress.best_step = progress.step
-            progress.best_metrics = results
-            save_best()
-        if main:
-            append_eval_log(run, {"step": progress.step, "epoch": round(epoch_float, 4), "train_loss": train_loss,
-                                  "dev": results, "best": improved})
-            summary = ", ".join(f"{k}={v:.4f}" for k, v in selection.items())
-            tqdm.write(f"step {progress.step} epoch {epoch_float:.2f}: {data.selection_split} {summary}"
-                       + ("  (best)" if improved else ""))
-        save_checkpoint()
 
-    num_epochs = math.ceil(config.epochs)
-    bar = tqdm(total=total_steps, initial=progress.step, disable=not (main and show_progress), desc="train",
-               unit="step", dynamic_ncols=True, mininterval=1.0)
-    model.train()
-    running_loss, running_count = 0.0, 0
-    try:
-        while progress.epoch < num_epochs and progress.step < total_steps:
-            order = epoch_order(len(train_examples), config.seed, progress.epoch)
-            skip = progress.batches_in_epoch * config.batch_size * accelerator.num_processes
-            epoch_data = [train_examples[i] for i in order[skip:]]
-            loader = accelerator.prepare_data_loader(
-                DataLoader(epoch_data, batch_size=config.batch_size, collate_fn=collate, shuffle=False)
-            )
+def save_best(s: Session) -> None:
+    """The kept (best dev) checkpoint: the adapter, or the whole model (full fine-tuning, pruned runs)."""
+    if not s.main:
+        return
+    if s.config.prune is not None:  # shapes and masks differ from the base model: the whole model
+        from ..sparsity.export import save_pretrained
+
+        save_pretrained(s.unwrapped, s.run / MODEL_DIR)
+    elif s.config.method == "full":
+        with atomic_directory(s.run / MODEL_DIR) as tmp:
+            s.unwrapped.save_pretrained(tmp)
+    else:
+        with atomic_directory(s.run / ADAPTER_DIR) as tmp:
+            save_adapter(s.unwrapped, tmp)
+
+
+def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None) -> None:
+    """Evaluate every split, keep the model if the selection split's main metric improved, log, checkpoint."""
+    from tqdm.auto import tqdm
+
+    data, progress = s.data, s.progress
+    results = {name: evaluate(s.model, loader, s.accelerator, data.metric_kind)
+               for name, loader in s.eval_loaders.items()}
+    s.model.train()
+    selection = results[data.selection_split]
+    progress.last_eval_step = progress.step
+    improved = score_of(selection, data.main_metric) > progress.best_score
+    if improved:
+        progress.best_score = score_of(selection, data.main_metric)
+        progress.best_step = progress.step
+        progress.best_metrics = results
+        save_best(s)
+    if s.main:
+        append_eval_log(s.run, {"step": progress.step, "epoch": round(epoch_float, 4), "train_loss": train_loss,
+                                "dev": results, "best": improved})
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in selection.items())
+        tqdm.write(f"step {progress.step} epoch {epoch_float:.2f}: {data.selection_split} {summary}"
+                   + ("  (best)" if improved else ""))
+    checkpoint(s)
+
+
+def epoch_loader(s: Session) -> DataLoader:
+    """This epoch's batches from where the progress stands (a resumed epoch skips what it has seen)."""
+    config, progress = s.config, s.progress
+    order = epoch_order(len(s.train_examples), config.seed, progress.epoch)
+    skip = progress.batches_in_epoch * config.batch_size * s.accelerator.num_processes
+    epoch_data = [s.train_examples[i] for i in order[skip:]]
+    return s.accelerator.prepare_data_loader(
+        DataLoader(epoch_data, batch_size=config.batch_size, collate_fn=s.collate, shuffle=False))
+
+
+def optimizer_step(s: Session, batch: dict) -> float:
+    """Forward, backward and (at the end of an accumulation) clip and step: the micro-batch's loss."""
+    config = s.config
+    with s.accelerator.accumulate(s.model):
+        loss = training_loss(s.model, batch, s.data, config)
+        s.accelerator.backward(loss)
+        if s.accelerator.sync_gradients and config.max_grad_norm:
+            s.accelerator.clip_grad_norm_(s.trainable, config.max_grad_norm)
+        s.optimizer.step()
+        s.optimizer.zero_grad()
+    return loss.item()
+
+
+def run_epoch(s: Session, interrupt_after: int | None) -> None:
+    """One pass over this epoch's remaining batches, or until the planned number of steps."""
+    config, progress = s.config, s.progress
+    tick = time.perf_counter()
+    for batch in epoch_loader(s):
+        loss = optimizer_step(s, batch)
+        progress.batches_in_epoch += 1
+        progress.examples_seen += len(batch["labels"]) * s.accelerator.num_processes
+        s.running_loss += loss
+        s.running_count += 1
+        if not s.accelerator.sync_gradients:
+            continue
+        s.scheduler.step()
+        progress.step += 1
+        now = time.perf_counter()
+        progress.train_seconds += now - tick
+        tick = now
+        s.bar.update(1)
+        s.bar.set_postfix(loss=f"{s.running_loss / s.running_count:.4f}",
+                          ex_s=f"{progress.examples_seen / max(progress.train_seconds, 1e-9):.1f}")
+        epoch_float = progress.epoch + progress.batches_in_epoch / max(s.per_process, 1)
+        if config.eval_steps and progress.step % config.eval_steps == 0:
+            evaluate_and_select(s, epoch_float, s.running_loss / s.running_count)
             tick = time.perf_counter()
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    loss = training_loss(model, batch, data, config)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm:
-                        accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                progress.batches_in_epoch += 1
-                progress.examples_seen += len(batch["labels"]) * accelerator.num_processes
-                running_loss += loss.item()
-                running_count += 1
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                progress.step += 1
-                now = time.perf_counter()
-                progress.train_seconds += now - tick
-                tick = now
-                bar.update(1)
-                bar.set_postfix(loss=f"{running_loss / running_count:.4f}",
-                                ex_s=f"{progress.examples_seen / max(progress.train_seconds, 1e-9):.1f}")
-                epoch_float = progress.epoch + progress.batches_in_epoch / max(per_process, 1)
-                if config.eval_steps and progress.step % config.eval_steps == 0:
-                    run_evaluation(epoch_float, running_loss / running_count)
-                    tick = time.perf_counter()
-                elif interrupt_after is not None and progress.step >= interrupt_after:
-                    save_checkpoint()
-                if interrupt_after is not None and progress.step >= interrupt_after:
-                    raise Interrupted(f"stopped after step {progress.step}")
-                if progress.step >= total_steps:
-                    break
-            # the epoch's data is used up, or the planned number of steps is reached
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
-            if (config.eval_per_epoch or progress.step >= total_steps) and progress.last_eval_step != progress.step:
-                run_evaluation(float(progress.epoch), running_loss / max(running_count, 1))
-            running_loss, running_count = 0.0, 0
-    except KeyboardInterrupt:
-        save_checkpoint()  # the last completed optimizer step; --resume continues from it
-        bar.close()
-        raise
-    bar.close()
-    if total_steps == 0 and progress.last_eval_step != 0:
-        run_evaluation(0.0, None)
+        elif interrupt_after is not None and progress.step >= interrupt_after:
+            checkpoint(s)
+        if interrupt_after is not None and progress.step >= interrupt_after:
+            raise Interrupted(f"stopped after step {progress.step}")
+        if progress.step >= s.total_steps:
+            break
+    # the epoch's data is used up, or the planned number of steps is reached
+    progress.epoch += 1
+    progress.batches_in_epoch = 0
+    if (config.eval_per_epoch or progress.step >= s.total_steps) and progress.last_eval_step != progress.step:
+        evaluate_and_select(s, float(progress.epoch), s.running_loss / max(s.running_count, 1))
+    s.running_loss, s.running_count = 0.0, 0
 
+
+def finish(s: Session) -> dict[str, Any]:
+    """metrics.json: the kept checkpoint's dev metrics, parameters, time, FLOPs."""
+    config, data, progress = s.config, s.data, s.progress
     final = progress.best_metrics or {}
     metrics = {
         "task": config.task or config.train_file,
@@ -329,30 +275,56 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
         "score": final.get(data.selection_split, {}).get(data.main_metric),
         "best_step": progress.best_step,
         "steps": progress.step,
-        "trainable_parameters": count.trainable,
-        "total_parameters": count.total,
-        "trainable_share": count.trainable_share,
-        "adapter_bytes": count.adapter_bytes,
-        "train_examples": len(train_examples),
+        "trainable_parameters": s.count.trainable,
+        "total_parameters": s.count.total,
+        "trainable_share": s.count.trainable_share,
+        "adapter_bytes": s.count.adapter_bytes,
+        "train_examples": len(s.train_examples),
         "train_seconds": round(progress.train_seconds, 2),
         "train_examples_per_second": round(progress.examples_seen / max(progress.train_seconds, 1e-9), 2),
-        "wall_seconds": round(time.perf_counter() - wall_start, 2),
-        "world_size": accelerator.num_processes,
+        "wall_seconds": round(time.perf_counter() - s.wall_start, 2),
+        "world_size": s.accelerator.num_processes,
     }
     if data.task_type == "generation":
         metrics["truncated_sources"] = data.truncated_sources  # train and dev rows whose source was cut
-    metrics.update(model_figures(unwrapped, config))
-    if main:
-        save_json(run / METRICS, metrics)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return (metrics, unwrapped) if return_model else metrics
+    metrics.update(model_figures(s.unwrapped, config))
+    if s.main:
+        save_json(s.run / METRICS, metrics)
+    s.accelerator.wait_for_everyone()
+    s.accelerator.end_training()
+    return metrics
+
+
+def train(config: RunConfig, resume: bool = False, overwrite: bool = False, interrupt_after: int | None = None,
+          show_progress: bool = True, return_model: bool = False):
+    """Run (or resume) a training run; returns the final metrics (also in RUN/metrics.json), and
+    with ``return_model`` also this process's model as it ended training (not the kept one)."""
+    from tqdm.auto import tqdm
+
+    s = set_up(config, resume, overwrite)
+    if resume:
+        restore(s)
+    s.bar = tqdm(total=s.total_steps, initial=s.progress.step, disable=not (s.main and show_progress), desc="train",
+                 unit="step", dynamic_ncols=True, mininterval=1.0)
+    s.model.train()
+    try:
+        while s.progress.epoch < math.ceil(s.config.epochs) and s.progress.step < s.total_steps:
+            run_epoch(s, interrupt_after)
+    except KeyboardInterrupt:
+        checkpoint(s)  # the last completed optimizer step; --resume continues from it
+        s.bar.close()
+        raise
+    s.bar.close()
+    if s.total_steps == 0 and s.progress.last_eval_step != 0:
+        evaluate_and_select(s, 0.0, None)
+    metrics = finish(s)
+    return (metrics, s.unwrapped) if return_model else metrics
 
 
 def model_figures(model: nn.Module, config: RunConfig) -> dict[str, Any]:
     """FLOPs of one forward pass at ``max_length`` tokens, parameters, non-zeros; the pruning summary."""
-    from ..sparsity.flops import forward_flops, parameter_counts
     from ..arch import block_spec
+    from ..sparsity.flops import forward_flops, parameter_counts
 
     figures: dict[str, Any] = {}
     try:
@@ -366,24 +338,3 @@ def model_figures(model: nn.Module, config: RunConfig) -> dict[str, Any]:
 
         figures["pruning"] = pruning_summary(model, PruneSettings.from_dict(config.prune))
     return figures
-
-
-def evaluate_run(run: str | Path, data_dir: str | None = None, max_eval_samples: int | None = None,
-                 batch_size: int | None = None) -> dict[str, dict[str, float]]:
-    """Recompute the dev metrics of a saved run from its kept checkpoint."""
-    from accelerate import Accelerator
-
-    from .run import load_run_config
-
-    config = load_run_config(run)
-    if data_dir is not None:
-        config.data_dir = data_dir
-    if max_eval_samples is not None:
-        config.max_eval_samples = max_eval_samples
-    data: TaskData = load_task_data(config, with_train=False)
-    tokenizer = load_tokenizer(resolve_model(config.model))
-    model = load_trained_model(run, config, data, tokenizer)
-    accelerator = Accelerator()
-    model = accelerator.prepare(model)
-    loaders = make_eval_loaders(data, tokenizer, config, batch_size or config.eval_batch_size, accelerator)
-    return {name: evaluate(model, loader, accelerator, data.metric_kind) for name, loader in loaders.items()}
