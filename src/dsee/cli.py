@@ -219,9 +219,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .adapters.io import atomic_write_text
-    from .models import resolve_model
     from .train.generate import generate_texts
-    from .train.pipeline import TaskData, load_tokenizer, load_trained_model
+    from .train.pipeline import load_run
     from .train.run import load_run_config
 
     if (args.input is None) == (args.text is None):
@@ -238,8 +237,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = load_run_config(args.run)
     if not config.is_generation:
         raise ValueError(f"{args.run} is not a text-generation run (trained on {config.task or config.train_file})")
-    tokenizer = load_tokenizer(resolve_model(config.model))
-    model = load_trained_model(args.run, config, TaskData(None, {}, "generation", None, "generation"), tokenizer)
+    config, model, tokenizer = load_run(args.run)
     outputs = generate_texts(model, tokenizer, sources, beams=args.beams, length_penalty=args.length_penalty,
                              no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, max_source_tokens=config.max_source_tokens or config.max_length // 2)

@@ -14,9 +14,8 @@ from typing import Any
 from ..sparsity.export import save_pretrained
 from ..adapters.io import atomic_write_text
 from ..adapters.inject import dsee_layers, merge_dsee
-from ..models import resolve_model
-from .pipeline import load_task_data, load_tokenizer, load_trained_model
-from .run import LABELS, METRICS, load_run_config
+from .pipeline import load_run
+from .run import LABELS, METRICS
 
 
 def export_run(run: str | Path, out: str | Path, *, compact: bool = False, overwrite: bool = False,
@@ -24,10 +23,7 @@ def export_run(run: str | Path, out: str | Path, *, compact: bool = False, overw
     run, out = Path(run), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty: use --overwrite to replace it")
-    config = load_run_config(run)
-    data = load_task_data(config, with_train=False)
-    tokenizer = load_tokenizer(resolve_model(config.model))
-    model = load_trained_model(run, config, data, tokenizer)
+    config, model, tokenizer = load_run(run)
     if merge and dsee_layers(model):
         merge_dsee(model)
     extra = {}

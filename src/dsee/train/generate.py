@@ -70,7 +70,7 @@ def evaluate_generation_run(run: str | Path, *, split: str = "validation", data_
     """
     from ..evaluation import nlg
     from ..models import resolve_model
-    from .pipeline import TaskData, load_tokenizer, load_trained_model
+    from .pipeline import load_tokenizer, load_trained_model
     from .run import load_run_config
     from .textgen import load_e2e, load_pairs
 
@@ -90,8 +90,7 @@ def evaluate_generation_run(run: str | Path, *, split: str = "validation", data_
     if max_items is not None:
         sources, references = sources[:max_items], references[:max_items]
     tokenizer = load_tokenizer(resolve_model(config.model))
-    data = TaskData(None, {}, "generation", None, "generation")
-    model = load_trained_model(run, config, data, tokenizer)
+    model = load_trained_model(run, config, tokenizer=tokenizer)
     budget = config.max_source_tokens or config.max_length // 2
     hypotheses = generate_texts(model, tokenizer, sources, beams=beams, length_penalty=length_penalty,
                                 no_repeat_ngram=no_repeat_ngram, max_new_tokens=max_new_tokens,

@@ -33,7 +33,6 @@ from .pipeline import TaskData, build_model, load_task_data, load_tokenizer
 from .run import (
     ADAPTER_DIR,
     CHECKPOINT,
-    LABELS,
     METRICS,
     MODEL_DIR,
     RunConfig,
@@ -126,7 +125,7 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     if accelerator.is_main_process:
         if not resume:
             create_run_directory(config, overwrite)
-        save_json(run / LABELS, {"task_type": data.task_type, "label_list": data.label_list})
+        data.labels.save(run)
     accelerator.wait_for_everyone()
 
     train_examples = data.encode(data.train, tokenizer, config)

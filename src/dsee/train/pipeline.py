@@ -14,7 +14,7 @@ from ..adapters.io import load_adapter
 from ..models import load_sequence_classifier, resolve_model
 from .data import Collator, TextDataset, encode, load_glue, load_table
 from .metrics import main_metric
-from .run import ADAPTER_DIR, MODEL_DIR, RunConfig
+from .run import ADAPTER_DIR, MODEL_DIR, RunConfig, RunLabels, load_run_config
 from .tasks import get_task
 
 
@@ -32,6 +32,10 @@ class TaskData:
     @property
     def num_labels(self) -> int:
         return 1 if self.task_type == "regression" else len(self.label_list or [])
+
+    @property
+    def labels(self) -> RunLabels:
+        return RunLabels(self.task_type, self.label_list)
 
     @property
     def main_metric(self) -> str:
@@ -107,24 +111,25 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
-def base_model(model_path: str, data: TaskData, tokenizer=None) -> nn.Module:
+def base_model(model_path: str, labels: RunLabels | TaskData, tokenizer=None) -> nn.Module:
     """The model for this task before any method is applied: a classifier for its labels, or a causal LM.
 
-    With ``tokenizer``, the model's padding id is the tokenizer's: decoder classifiers (GPT-2,
-    Llama) read the score at the last non-padding token.
+    ``labels``: the task type and label list (a run's ``labels.json``, or its ``TaskData``). With
+    ``tokenizer``, the model's padding id is the tokenizer's: decoder classifiers (GPT-2, Llama)
+    read the score at the last non-padding token.
     """
-    if data.task_type == "generation":
+    if labels.task_type == "generation":
         from ..models import load_causal_lm
 
         model = load_causal_lm(model_path)
         if tokenizer is not None and tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         return model
-    kwargs = {"problem_type": "regression"} if data.task_type == "regression" else {}
-    if data.label_list:
-        kwargs["id2label"] = dict(enumerate(data.label_list))
-        kwargs["label2id"] = {label: i for i, label in enumerate(data.label_list)}
-    model = load_sequence_classifier(model_path, num_labels=data.num_labels, **kwargs)
+    kwargs = {"problem_type": "regression"} if labels.task_type == "regression" else {}
+    if labels.label_list:
+        kwargs["id2label"] = dict(enumerate(labels.label_list))
+        kwargs["label2id"] = {label: i for i, label in enumerate(labels.label_list)}
+    model = load_sequence_classifier(model_path, num_labels=labels.num_labels, **kwargs)
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -199,9 +204,15 @@ def build_pruned_model(config: RunConfig, data: TaskData, tokenizer=None) -> nn.
     return model.train()
 
 
-def load_trained_model(run: str | Path, config: RunConfig, data: TaskData, tokenizer=None) -> nn.Module:
-    """The kept (best dev) model of a finished or interrupted run."""
+def load_trained_model(run: str | Path, config: RunConfig | None = None, labels: RunLabels | TaskData | None = None,
+                       tokenizer=None) -> nn.Module:
+    """The kept (best dev) model of a finished or interrupted run, from its directory alone.
+
+    ``config`` (run_config.json), ``labels`` (labels.json) and ``tokenizer`` are read from the run
+    when not given.
+    """
     run = Path(run)
+    config = config or load_run_config(run)
     if config.prune is not None:
         from ..sparsity.export import load_pretrained
 
@@ -211,7 +222,17 @@ def load_trained_model(run: str | Path, config: RunConfig, data: TaskData, token
     saved = run / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
     if not saved.is_dir():
         raise FileNotFoundError(f"{run}: no kept checkpoint yet ({saved.name}/)")
+    labels = labels if labels is not None else RunLabels.load(run)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(resolve_model(config.model))
     if config.method == "full":
-        return base_model(str(saved), data, tokenizer).eval()
-    model = base_model(resolve_model(config.model), data, tokenizer)
+        return base_model(str(saved), labels, tokenizer).eval()
+    model = base_model(resolve_model(config.model), labels, tokenizer)
     return load_adapter(model, saved).eval()
+
+
+def load_run(run: str | Path) -> tuple[RunConfig, nn.Module, object]:
+    """(config, kept model, tokenizer) of a run, from its directory alone."""
+    config = load_run_config(run)
+    tokenizer = load_tokenizer(resolve_model(config.model))
+    return config, load_trained_model(run, config, tokenizer=tokenizer), tokenizer

@@ -156,6 +156,30 @@ class RunConfig:
         return dataclass_from_dict(cls, data)
 
 
+@dataclass(frozen=True)
+class RunLabels:
+    """``labels.json``: what the model's output means: the task type and the label list
+    (class index -> label as in the data; None for regression and generation)."""
+
+    task_type: str  # classification | regression | generation
+    label_list: list[str] | None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.task_type == "regression" else len(self.label_list or [])
+
+    def save(self, run: str | Path) -> None:
+        save_json(Path(run) / LABELS, {"task_type": self.task_type, "label_list": self.label_list})
+
+    @classmethod
+    def load(cls, run: str | Path) -> "RunLabels":
+        path = Path(run) / LABELS
+        if not path.is_file():
+            raise FileNotFoundError(f"{run} is not a dsee run directory (no {LABELS})")
+        data = json.loads(path.read_text())
+        return cls(data["task_type"], data.get("label_list"))
+
+
 def save_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
