@@ -1,72 +1,41 @@
-"""The ``dsee`` command line: parse arguments, call the library. Nothing else lives here."""
+"""The ``dsee`` command line: parse arguments, call the library. Nothing else lives here.
+
+The options of ``adapt``, ``train``, ``prune``, ``eval`` and ``generate`` are generated from the
+configuration dataclasses (``DSEEConfig``, ``RunConfig``, ``PruneSettings``, ``DecodingSettings``;
+see ``dsee.options``), so each option's default and help are written once, next to the field.
+``dsee train --seed S`` seeds the run (data order, head) and the adapter (A, random Ω) alike.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
-from .adapters.config import INIT_MODES, SPARSE_METHODS
-
-
-def add_adapter_arguments(parser: argparse.ArgumentParser) -> None:
-    """The DSEE knobs shared by every command that builds an adapter."""
-    group = parser.add_argument_group("DSEE adapter (paper §3.1)")
-    group.add_argument("--rank", type=int, default=16, help="r, rank of B·A (default 16)")
-    group.add_argument("--alpha", type=float, default=32, help="scale s = alpha / r (default 32)")
-    group.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapter input")
-    group.add_argument("--num-sparse", type=int, default=None,
-                       help="N, sparse entries per matrix (default 64 unless --sparse-density is given)")
-    group.add_argument("--sparse-density", type=float, default=None,
-                       help="the sparse budget as a share of each adapted matrix, e.g. 0.01 (instead of --num-sparse)")
-    group.add_argument("--sparse-method", choices=SPARSE_METHODS, default="grebsmo", help="how Ω is chosen")
-    group.add_argument("--targets", default=None, help="comma-separated module names/suffixes/regexes (default: q and v)")
-    group.add_argument("--modules-to-save", default=None,
-                       help="comma-separated modules trained in full (default: the task head, e.g. classifier)")
-    group.add_argument("--init", choices=INIT_MODES, default="zero", help="start of B and S (default zero)")
-    group.add_argument("--seed", type=int, default=0)
+from .adapters.config import DSEEConfig
+from .options import add_options, values
 
 
-def names_list(text: str | None) -> list[str] | None:
-    """'a, b,c' -> ['a', 'b', 'c']; None or '' -> None (the default)."""
-    names = [t.strip() for t in text.split(",") if t.strip()] if text else []
-    return names or None
-
-
-def config_from_args(args: argparse.Namespace):
-    from .adapters.config import DSEEConfig
-
-    targets = names_list(args.targets)
-    return DSEEConfig(
-        rank=args.rank,
-        alpha=args.alpha,
-        dropout=args.dropout,
-        num_sparse=args.num_sparse,
-        sparse_density=args.sparse_density,
-        sparse_method=args.sparse_method,
-        targets=targets,
-        modules_to_save=names_list(args.modules_to_save),
-        init=args.init,
-        seed=args.seed,
-    )
+def adapter_config(args: argparse.Namespace, seed: int | None = None) -> DSEEConfig:
+    kwargs = values(args, DSEEConfig, exclude=("seed",) if seed is not None else ())
+    return DSEEConfig(**kwargs, **({"seed": seed} if seed is not None else {}))
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Put DSEE adapters on a model and print the parameter report (optionally save the adapter)."""
     from .adapters.inject import add_dsee
     from .adapters.io import save_adapter
-    from .models import load_sequence_classifier, resolve_model
     from .adapters.summary import parameter_report
+    from .models import load_sequence_classifier, resolve_model
 
-    config = config_from_args(args)
-    path = resolve_model(args.model)
-    print(f"model: {path}")
-    model = load_sequence_classifier(path, num_labels=args.num_labels)
+    config = adapter_config(args)
+    model = load_sequence_classifier(resolve_model(args.model), num_labels=args.num_labels)
     start = time.perf_counter()
     add_dsee(model, config)
-    seconds = time.perf_counter() - start
-    print(parameter_report(model))
-    print(f"support selection: {seconds:.2f} s ({config.sparse_method})")
+    print(f"model: {resolve_model(args.model)}\n{parameter_report(model)}\n"
+          f"support selection: {time.perf_counter() - start:.2f} s ({config.sparse_method})")
     if args.out:
         save_adapter(model, args.out)
         print(f"adapter saved to {args.out}")
@@ -76,23 +45,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune on a GLUE task or the user's own data; print the dev score and the trainable share."""
     from .train.loop import train
-    from .train.run import RunConfig
+    from .train.settings import RunConfig
 
-    adapter = None if args.method == "full" else config_from_args(args).to_dict()
-    columns = [c.strip() for c in args.text_columns.split(",")] if args.text_columns else None
-    config = RunConfig(
-        out=args.out, model=args.model, task=args.task, data_dir=args.data_dir, train_file=args.train_file,
-        validation_file=args.validation_file, text_columns=columns, label_column=args.label_column,
-        task_type=args.task_type, source_column=args.source_column, target_column=args.target_column,
-        label_smoothing=args.label_smoothing, max_source_tokens=args.max_source_tokens, max_length=args.max_length, max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples, method=args.method, adapter=adapter, lr=args.lr,
-        support_batches=args.support_batches, support_warmup_steps=args.support_warmup_steps,
-        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-        grad_accum=args.grad_accum, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
-        max_grad_norm=args.max_grad_norm or None, seed=args.seed, eval_steps=args.eval_steps,
-        eval_per_epoch=not args.no_eval_per_epoch, mixed_precision=args.mixed_precision,
-    )
-    metrics = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)
+    settings = values(args, RunConfig)
+    adapter = None if args.method == "full" else adapter_config(args, seed=args.seed).to_dict()
+    metrics = train(RunConfig(**settings, adapter=adapter), resume=args.resume, overwrite=args.overwrite,
+                    show_progress=not args.no_progress)
     print(format_train_summary(metrics))
     return 0
 
@@ -100,36 +58,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 def format_train_summary(metrics: dict) -> str:
     dev = metrics["dev"].get(metrics["selection_split"], {})
     shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items() if k != "loss")
-    return (
-        f"{metrics['task']} · {metrics['method']} · {metrics['model']}\n"
-        f"dev ({metrics['selection_split']}, best step {metrics['best_step']}): {shown}\n"
-        f"trainable: {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
-        f"({100 * metrics['trainable_share']:.3f}%) · wall time {metrics['wall_seconds']:.0f} s · "
-        f"{metrics['train_examples_per_second']:.1f} training examples/s"
-    )
+    lines = [f"{metrics['task']} · {metrics['method']} · {metrics['model']}",
+             f"dev ({metrics['selection_split']}, best step {metrics['best_step']}): {shown}",
+             f"trainable: {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
+             f"({100 * metrics['trainable_share']:.3f}%) · wall time {metrics['wall_seconds']:.0f} s · "
+             f"{metrics['train_examples_per_second']:.1f} training examples/s"]
+    pruning = metrics.get("pruning")
+    if pruning:
+        flops = metrics.get("flops", {}).get("total")
+        lines.append(f"sparsity {pruning.get('sparsity', 0):.1%} · heads per layer {pruning.get('heads_per_layer')} · "
+                     f"FFN per layer {pruning.get('ffn_per_layer')}"
+                     + (f" · {flops / 1e9:.2f} GFLOPs per sequence" if flops else ""))
+    return "\n".join(lines)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Re-compute the dev metrics of a saved run from its kept checkpoint (generation: decode and score)."""
-    import json
-    from pathlib import Path
-
-    from .train.evaluation import evaluate_run
     from .train.run import load_run_config
 
     if load_run_config(args.run).is_generation:
-        from .train.generate import evaluate_generation_run
+        from .train.generate import DecodingSettings, evaluate_generation_run
 
+        decoding = DecodingSettings(**values(args, DecodingSettings))
         result = evaluate_generation_run(args.run, split=args.split, data_dir=args.data_dir,
-                                         max_items=args.max_eval_samples, beams=args.beams,
-                                         length_penalty=args.length_penalty, no_repeat_ngram=args.no_repeat_ngram,
-                                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                                         max_items=args.max_eval_samples, **decoding.to_dict())
         for name, value in result["scores"].items():
             print(f"{result['split']:12s} {name:8s} " + ("unavailable" if value is None else f"{value:.4f}"))
         print(f"({result['items']} distinct sources, beam {result['beams']}; predictions and scores in {args.run})")
         return 0
+    from .train.evaluation import evaluate_run
 
-    results = evaluate_run(args.run, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples)
+    results = evaluate_run(args.run, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples, split=args.split)
     saved_path = Path(args.run) / "metrics.json"
     saved = json.loads(saved_path.read_text())["dev"] if saved_path.is_file() else {}
     for split, metrics in results.items():
@@ -147,26 +106,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .train.loop import train
-    from .train.pruning import PruneSettings, check_source
+    from .train.pruning import check_source
+    from .train.settings import PruneSettings
 
-    settings = PruneSettings(
-        source=args.run, sparsity=args.sparsity, scope=args.scope, score=args.score,
-        adapted_sparsity=args.adapted_sparsity, heads=args.heads, ffn=args.ffn, head_score=args.head_score,
-        ffn_score=args.ffn_score, per_layer=not args.global_ranking, importance_batches=args.importance_batches,
-    )
-    source = check_source(args.run)
+    settings = PruneSettings(**values(args, PruneSettings))
+    source = check_source(settings.source)
     changes = {"out": args.out, "prune": settings.to_dict(), "epochs": args.retune_epochs}
-    if args.lr is not None:
-        changes["lr"] = args.lr
-    if args.data_dir is not None:
-        changes["data_dir"] = args.data_dir
-    config = dataclasses.replace(source, **changes)
-    metrics = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)
+    changes.update({k: v for k, v in (("lr", args.lr), ("data_dir", args.data_dir)) if v is not None})
+    metrics = train(dataclasses.replace(source, **changes), resume=args.resume, overwrite=args.overwrite,
+                    show_progress=not args.no_progress)
     print(format_train_summary(metrics))
-    pruning = metrics.get("pruning", {})
-    flops = metrics.get("flops", {}).get("total")
-    print(f"sparsity {pruning.get('sparsity', 0):.1%} · heads per layer {pruning.get('heads_per_layer')} · "
-          f"FFN per layer {pruning.get('ffn_per_layer')}" + (f" · {flops / 1e9:.2f} GFLOPs per sequence" if flops else ""))
     return 0
 
 
@@ -181,14 +130,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate with a fine-tuned run: one output line per input line."""
+    from .adapters.io import atomic_write_text
+    from .train.generate import DecodingSettings, generate_run_texts, read_sources
+
+    if (args.input is None) == (args.text is None):
+        raise ValueError("give --input FILE (one source per line) or --text \"...\"")
+    if args.output is not None and Path(args.output).is_dir():
+        raise IsADirectoryError(f"--output {args.output} is a directory; give a file name")
+    sources = read_sources(args.input) if args.input is not None else [args.text]
+    decoding = DecodingSettings(**values(args, DecodingSettings))
+    text = "".join(o.replace("\n", " ") + "\n" for o in generate_run_texts(args.run, sources, decoding))
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"{len(sources)} outputs written to {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency of exported models side by side."""
     from .evaluation.bench import devices, time_models
     from .sparsity.export import load_pretrained
 
-    models = {args.dir: load_pretrained(args.dir)}
-    for other in args.vs or []:
-        models[other] = load_pretrained(other)
+    models = {path: load_pretrained(path) for path in [args.dir, *(args.vs or [])]}
     for device in devices():
         for t in time_models(models, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds,
                              device=device):
@@ -206,171 +173,101 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_decoding_arguments(group) -> None:
-    group.add_argument("--beams", type=int, default=10, help="beam size (1: greedy)")
-    group.add_argument("--length-penalty", type=float, default=0.8)
-    group.add_argument("--no-repeat-ngram", type=int, default=4)
-    group.add_argument("--max-new-tokens", type=int, default=64)
-    group.add_argument("--batch-size", type=int, default=8)
+# --- the parser ---------------------------------------------------------------------------------
+
+MODEL_HELP = "Hub id or local path (default: the embedded all-MiniLM-L6-v2)"
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    """Generate with a fine-tuned run: one output line per input line."""
-    from pathlib import Path
+def _run_control(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    from .adapters.io import atomic_write_text
-    from .train.generate import generate_texts
-    from .train.pipeline import load_run
-    from .train.run import load_run_config
 
-    if (args.input is None) == (args.text is None):
-        raise ValueError("give --input FILE (one source per line) or --text \"...\"")
-    if args.input is not None:
-        path = Path(args.input)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such input file")
-        sources = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not sources:
-            raise ValueError(f"{path}: the input file has no non-empty line")
-    else:
-        sources = [args.text]
-    config = load_run_config(args.run)
-    if not config.is_generation:
-        raise ValueError(f"{args.run} is not a text-generation run (trained on {config.task or config.train_file})")
-    config, model, tokenizer = load_run(args.run)
-    outputs = generate_texts(model, tokenizer, sources, beams=args.beams, length_penalty=args.length_penalty,
-                             no_repeat_ngram=args.no_repeat_ngram, max_new_tokens=args.max_new_tokens,
-                             batch_size=args.batch_size, max_source_tokens=config.max_source_tokens or config.max_length // 2)
-    text = "".join(o.replace("\n", " ") + "\n" for o in outputs)
-    if args.output:
-        atomic_write_text(args.output, text)
-        print(f"{len(outputs)} outputs written to {args.output}")
-    else:
-        print(text, end="")
-    return 0
+def _add_adapt(sub) -> None:
+    p = sub.add_parser("adapt", help="add DSEE adapters to a model and print the parameter report")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--num-labels", type=int, default=2, help="size of the classification head")
+    p.add_argument("--out", default=None, help="save the (untrained) adapter to this directory")
+    add_options(p, DSEEConfig)
+    p.set_defaults(func=cmd_adapt)
+
+
+def _add_train(sub) -> None:
+    from .train.settings import RunConfig
+
+    p = sub.add_parser("train", help="fine-tune with DSEE, LoRA or full fine-tuning and keep the best dev checkpoint")
+    groups: dict = {}
+    add_options(p, RunConfig, groups=groups)
+    add_options(p, DSEEConfig, exclude=("seed",), groups=groups)  # --seed seeds the run and the adapter
+    _run_control(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_eval(sub) -> None:
+    from .train.generate import DecodingSettings
+
+    p = sub.add_parser("eval", help="re-compute the dev metrics of a saved run")
+    p.add_argument("run")
+    p.add_argument("--data-dir", default=None, help="override the run's data folder")
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--split", default="validation", help="validation (default) or test, where the data has it")
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    add_options(p, DecodingSettings)
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_prune(sub) -> None:
+    from .train.settings import PruneSettings
+
+    p = sub.add_parser("prune", help="make a trained run's model sparse and re-tune its adapters (a new run)")
+    add_options(p, PruneSettings)
+    p.add_argument("--out", required=True, help="the new run directory")
+    p.add_argument("--retune-epochs", type=float, default=3.0, help="epochs of adapter re-tuning (0: none)")
+    p.add_argument("--lr", type=float, default=None, help="default: the source run's")
+    p.add_argument("--data-dir", default=None, help="override the source run's data folder")
+    _run_control(p)
+    p.set_defaults(func=cmd_prune)
+
+
+def _add_export_and_generate(sub) -> None:
+    from .train.generate import DecodingSettings
+
+    p = sub.add_parser("export", help="write a run's model with merged adapters as a self-contained directory")
+    p.add_argument("run")
+    p.add_argument("--out", required=True)
+    p.add_argument("--compact", action="store_true", help="store mostly-zero matrices as bitmask + values")
+    p.add_argument("--no-merge", action="store_true", help="keep the adapters unmerged")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("generate", help="generate text with a fine-tuned decoder run")
+    p.add_argument("run")
+    p.add_argument("--input", default=None, help="a text file, one source per line")
+    p.add_argument("--text", default=None, help="one source")
+    p.add_argument("--output", default=None, help="write the outputs here (default: print them)")
+    add_options(p, DecodingSettings)
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_bench_and_report(sub) -> None:
+    p = sub.add_parser("bench", help="latency and throughput of exported models, side by side")
+    p.add_argument("dir")
+    p.add_argument("--vs", action="append", help="another exported directory (repeatable)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=7)
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("report", help="table and plots of dev score against FLOPs and sparsity across runs")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default="report")
+    p.set_defaults(func=cmd_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsee", description="DSEE: sparse + low-rank efficient tuning of transformers")
     sub = parser.add_subparsers(dest="command", required=True)
-    adapt = sub.add_parser("adapt", help="add DSEE adapters to a model and print the parameter report")
-    adapt.add_argument("--model", default=None, help="Hub id or local path (default: the embedded all-MiniLM-L6-v2)")
-    adapt.add_argument("--num-labels", type=int, default=2, help="size of the classification head")
-    adapt.add_argument("--out", default=None, help="save the (untrained) adapter to this directory")
-    add_adapter_arguments(adapt)
-    adapt.set_defaults(func=cmd_adapt)
-
-    tr = sub.add_parser("train", help="fine-tune with DSEE, LoRA or full fine-tuning and keep the best dev checkpoint")
-    tr.add_argument("--out", required=True, help="run directory")
-    tr.add_argument("--model", default=None, help="Hub id or local path (default: the embedded all-MiniLM-L6-v2)")
-    tr.add_argument("--method", choices=("dsee", "lora", "full"), default="dsee",
-                    help="dsee (default), lora (DSEE with N = 0) or full fine-tuning")
-    data = tr.add_argument_group("data")
-    data.add_argument("--task", default=None,
-                      help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; or e2e (generation)")
-    data.add_argument("--data-dir", default=None, help="folder with the GLUE task folders (default: the Hub)")
-    data.add_argument("--train-file", default=None, help="your own data: CSV, TSV or JSON Lines")
-    data.add_argument("--validation-file", default=None)
-    data.add_argument("--text-columns", default=None, help="a or a,b")
-    data.add_argument("--label-column", default=None)
-    data.add_argument("--task-type", choices=("classification", "regression"), default=None,
-                      help="default: detected from the labels")
-    gen = tr.add_argument_group("text generation (decoder models): --task e2e, or your files with")
-    gen.add_argument("--source-column", default=None, help="the input text column")
-    gen.add_argument("--target-column", default=None, help="the output text column (rows with one source: references)")
-    gen.add_argument("--label-smoothing", type=float, default=0.0)
-    gen.add_argument("--max-source-tokens", type=int, default=None, help="longer sources are cut (default max-length/2)")
-    data.add_argument("--max-length", type=int, default=128)
-    data.add_argument("--max-train-samples", type=int, default=None)
-    data.add_argument("--max-eval-samples", type=int, default=None)
-    opt = tr.add_argument_group("optimisation")
-    opt.add_argument("--lr", type=float, default=None, help="default 5e-4 (dsee, lora), 5e-5 (full)")
-    opt.add_argument("--epochs", type=float, default=3.0)
-    opt.add_argument("--batch-size", type=int, default=32)
-    opt.add_argument("--eval-batch-size", type=int, default=64)
-    opt.add_argument("--grad-accum", type=int, default=1)
-    opt.add_argument("--warmup-ratio", type=float, default=0.0)
-    opt.add_argument("--weight-decay", type=float, default=0.0)
-    opt.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    opt.add_argument("--eval-steps", type=int, default=0, help="evaluate and checkpoint every K steps")
-    opt.add_argument("--no-eval-per-epoch", action="store_true")
-    opt.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto")
-    sup = tr.add_argument_group("data-aware support (--sparse-method gradient)")
-    sup.add_argument("--support-batches", type=int, default=8,
-                     help="K training batches whose squared gradients w.r.t. W0 rank the positions (default 8)")
-    sup.add_argument("--support-warmup-steps", type=int, default=0,
-                     help="W steps of LoRA-only training first; the gradients are then taken at W0 + B·A "
-                          "and the warmed-up LoRA is discarded (default 0)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_adapter_arguments(tr)
-    tr.set_defaults(func=cmd_train, seed=42)
-
-    ev = sub.add_parser("eval", help="re-compute the dev metrics of a saved run")
-    ev.add_argument("run")
-    ev.add_argument("--data-dir", default=None, help="override the run's data folder")
-    ev.add_argument("--max-eval-samples", type=int, default=None)
-    ev.add_argument("--json", action="store_true", help="also print the metrics as JSON")
-    dec = ev.add_argument_group("generation runs: decoding")
-    dec.add_argument("--split", default="validation", help="validation (default) or test (E2E)")
-    add_decoding_arguments(dec)
-    ev.set_defaults(func=cmd_eval)
-
-    pr = sub.add_parser("prune", help="make a trained run's model sparse and re-tune its adapters (a new run)")
-    pr.add_argument("run", help="a finished dsee or lora run")
-    pr.add_argument("--out", required=True, help="the new run directory")
-    un = pr.add_argument_group("unstructured (magnitude masks on the blocks' linear weights)")
-    un.add_argument("--sparsity", type=float, default=None, help="fraction of zeros, in [0, 1)")
-    un.add_argument("--scope", choices=("global", "layer"), default="global")
-    un.add_argument("--score", choices=("weight", "delta", "weight+delta", "upstream"), default="weight")
-    un.add_argument("--adapted-sparsity", type=float, default=None,
-                    help="upstream: the ratio for query/value (ranked by |ΔW|); default --sparsity")
-    st = pr.add_argument_group("structured (attention heads and FFN neurons, removed physically)")
-    st.add_argument("--heads", type=float, default=None, help="fraction of heads to remove")
-    st.add_argument("--ffn", type=float, default=None, help="fraction of FFN neurons to remove")
-    st.add_argument("--head-score", choices=("delta", "importance"), default="delta")
-    st.add_argument("--ffn-score", choices=("magnitude", "importance"), default="magnitude")
-    ranking = st.add_mutually_exclusive_group()
-    ranking.add_argument("--per-layer", dest="global_ranking", action="store_false", help="the same fraction per layer (default)")
-    ranking.add_argument("--global", dest="global_ranking", action="store_true", help="one ranking over all layers")
-    st.add_argument("--importance-batches", type=int, default=8)
-    pr.add_argument("--retune-epochs", type=float, default=3.0, help="epochs of adapter re-tuning (0: none)")
-    pr.add_argument("--lr", type=float, default=None, help="default: the source run's")
-    pr.add_argument("--data-dir", default=None, help="override the source run's data folder")
-    pr.add_argument("--resume", action="store_true")
-    pr.add_argument("--overwrite", action="store_true")
-    pr.add_argument("--no-progress", action="store_true")
-    pr.set_defaults(func=cmd_prune, global_ranking=False)
-
-    ex = sub.add_parser("export", help="write a run's model with merged adapters as a self-contained directory")
-    ex.add_argument("run")
-    ex.add_argument("--out", required=True)
-    ex.add_argument("--compact", action="store_true", help="store mostly-zero matrices as bitmask + values")
-    ex.add_argument("--no-merge", action="store_true", help="keep the adapters unmerged")
-    ex.add_argument("--overwrite", action="store_true")
-    ex.set_defaults(func=cmd_export)
-
-    ge = sub.add_parser("generate", help="generate text with a fine-tuned decoder run")
-    ge.add_argument("run")
-    ge.add_argument("--input", default=None, help="a text file, one source per line")
-    ge.add_argument("--text", default=None, help="one source")
-    ge.add_argument("--output", default=None, help="write the outputs here (default: print them)")
-    add_decoding_arguments(ge)
-    ge.set_defaults(func=cmd_generate)
-
-    be = sub.add_parser("bench", help="latency and throughput of exported models, side by side")
-    be.add_argument("dir")
-    be.add_argument("--vs", action="append", help="another exported directory (repeatable)")
-    be.add_argument("--batch-size", type=int, default=32)
-    be.add_argument("--seq-len", type=int, default=128)
-    be.add_argument("--rounds", type=int, default=7)
-    be.set_defaults(func=cmd_bench)
-
-    rp = sub.add_parser("report", help="table and plots of dev score against FLOPs and sparsity across runs")
-    rp.add_argument("runs", nargs="+")
-    rp.add_argument("--out", default="report")
-    rp.set_defaults(func=cmd_report)
+    for add in (_add_adapt, _add_train, _add_eval, _add_prune, _add_export_and_generate, _add_bench_and_report):
+        add(sub)
     return parser
 
 

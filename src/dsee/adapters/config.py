@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..options import option
+
 SPARSE_METHODS = ("grebsmo", "upstream", "magnitude", "random", "gradient")
 INIT_MODES = ("zero", "upstream")
 CONFIG_NAME = "dsee_config.json"
+ADAPTER = "DSEE adapter (paper §3.1)"
 DEFAULT_NUM_SPARSE = 64  # N when neither num_sparse nor sparse_density is given (the paper's budget is 16-64)
 
 
@@ -27,6 +30,12 @@ def _as_tuple(value: Any, name: str) -> tuple[str, ...] | None:
     if not items or not all(isinstance(v, str) and v for v in items):
         raise ValueError(f"DSEEConfig.{name} must be None, a non-empty string or a non-empty list of strings, got {value!r}")
     return items
+
+
+def _support_methods():
+    from .support import SUPPORT_METHODS
+
+    return SUPPORT_METHODS
 
 
 def dataclass_from_dict(cls: type, data: dict[str, Any]):
@@ -65,16 +74,22 @@ class DSEEConfig:
         seed: seeds A's initialisation and the "random" support.
     """
 
-    rank: int = 16
-    alpha: float = 32
-    dropout: float = 0.0
-    num_sparse: int | None = None
-    sparse_density: float | None = None
-    sparse_method: str = "grebsmo"
-    targets: tuple[str, ...] | None = None
-    modules_to_save: tuple[str, ...] | None = None
-    init: str = "zero"
-    seed: int = 0
+    rank: int = option(16, "r, the rank of B·A", group=ADAPTER)
+    alpha: float = option(32, "the scale is s = alpha / r", group=ADAPTER, positive=True)
+    dropout: float = option(0.0, "dropout on the adapter's input (not on the frozen path)", group=ADAPTER)
+    num_sparse: int | None = option(None, "N, sparse entries of S per adapted matrix (64 unless --sparse-density "
+                                    "is given)", group=ADAPTER)
+    sparse_density: float | None = option(None, "the budget of S as a share of each adapted matrix, e.g. 0.01 "
+                                          "(instead of --num-sparse)", group=ADAPTER)
+    sparse_method: str = option("grebsmo", "how Ω, the support of S, is chosen", group=ADAPTER,
+                                choices=lambda: _support_methods().names())
+    targets: tuple[str, ...] | None = option(None, "modules to adapt: names, dotted suffixes or regexes, "
+                                             "comma-separated (default: the architecture's query and value)",
+                                             group=ADAPTER)
+    modules_to_save: tuple[str, ...] | None = option(None, "modules trained in full, comma-separated (default: the "
+                                                     "task head, e.g. classifier)", group=ADAPTER)
+    init: str = option("zero", "start of B and S: zero, or upstream's N(0, 0.02²)", group=ADAPTER, choices=INIT_MODES)
+    seed: int = option(0, "seeds A's initialisation and the random support", group=ADAPTER)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -103,10 +118,8 @@ class DSEEConfig:
             raise bad("alpha", "must be a positive number")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "must be in [0, 1)")
-        from .support import SUPPORT_METHODS  # the registry: methods added by users validate too
-
-        if self.sparse_method not in SUPPORT_METHODS:
-            raise bad("sparse_method", f"unknown method; choose one of {', '.join(SUPPORT_METHODS)}")
+        if self.sparse_method not in _support_methods():  # the registry: methods added by users validate too
+            raise bad("sparse_method", f"unknown method; choose one of {', '.join(_support_methods())}")
         if self.init not in INIT_MODES:
             raise bad("init", f"unknown init; choose one of {', '.join(INIT_MODES)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

@@ -73,14 +73,22 @@ def score_of(metrics: dict[str, float], name: str) -> float:
 
 
 def evaluate_run(run: str | Path, data_dir: str | None = None, max_eval_samples: int | None = None,
-                 batch_size: int | None = None) -> dict[str, dict[str, float]]:
-    """Recompute the dev metrics of a saved run from its kept checkpoint."""
+                 batch_size: int | None = None, split: str = "validation") -> dict[str, dict[str, float]]:
+    """Recompute the dev metrics of a saved run from its kept checkpoint.
+
+    Classification and regression runs are scored on their evaluation splits (``split``
+    "validation"); GLUE test sets carry no labels and a run on your own files has only its
+    validation file, so any other split is refused rather than ignored.
+    """
     from accelerate import Accelerator
 
     from ..models import resolve_model
     from .pipeline import load_task_data, load_tokenizer, load_trained_model
     from .run import load_run_config
 
+    if split not in ("validation", "dev"):
+        raise ValueError(f"--split {split}: a classification or regression run is scored on its labelled "
+                         "validation data only (GLUE test sets have no labels)")
     config = load_run_config(run)
     if data_dir is not None:
         config.data_dir = data_dir

@@ -13,6 +13,8 @@ function, and decoding does not pay for the adapter branches.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,34 @@ from torch import nn
 
 from ..adapters.inject import dsee_layers, merge_dsee
 from ..adapters.io import atomic_write_text
+from ..options import option
 from .textgen import prompt_ids
+
+DECODING = "decoding (generation runs)"
+
+
+@dataclass
+class DecodingSettings:
+    """Beam search (beams 1: greedy); the defaults are LoRA's E2E recipe (paper §4)."""
+
+    beams: int = option(10, "beam size (1: greedy)", group=DECODING, positive=True)
+    length_penalty: float = option(0.8, "beam search length penalty", group=DECODING)
+    no_repeat_ngram: int = option(4, "no n-gram of this size twice (0: allowed)", group=DECODING)
+    max_new_tokens: int = option(64, "longest output", group=DECODING, positive=True)
+    batch_size: int = option(8, "sources decoded together", group=DECODING, positive=True)
+
+    def __post_init__(self) -> None:
+        for name in ("beams", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {value!r}: must be an integer >= 1")
+        if self.no_repeat_ngram < 0:
+            raise ValueError(f"--no-repeat-ngram {self.no_repeat_ngram}: must be >= 0")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"--length-penalty {self.length_penalty}: must be a finite number")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @torch.no_grad()
@@ -31,6 +60,7 @@ def generate_texts(model: nn.Module, tokenizer, sources: list[str], *, beams: in
     """One output string per source (beams=1: greedy)."""
     from tqdm.auto import tqdm
 
+    DecodingSettings(beams, length_penalty, no_repeat_ngram, max_new_tokens, batch_size)  # validates
     if not sources:
         raise ValueError("nothing to generate: no input")
     if dsee_layers(model):
@@ -101,3 +131,30 @@ def evaluate_generation_run(run: str | Path, *, split: str = "validation", data_
     atomic_write_text(run / f"predictions_{split}.txt", "".join(h.replace("\n", " ") + "\n" for h in hypotheses))
     atomic_write_text(run / f"scores_{split}.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def read_sources(path: str | Path) -> list[str]:
+    """The non-empty lines of a text file, one source each."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such input file")
+    try:
+        sources = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not sources:
+        raise ValueError(f"{path}: the input file has no non-empty line")
+    return sources
+
+
+def generate_run_texts(run: str | Path, sources: list[str], decoding: DecodingSettings) -> list[str]:
+    """Decode ``sources`` with a generation run's kept model (its own tokenizer and source budget)."""
+    from .pipeline import load_run
+    from .run import load_run_config
+
+    config = load_run_config(run)
+    if not config.is_generation:
+        raise ValueError(f"{run} is not a text-generation run (trained on {config.task or config.train_file})")
+    config, model, tokenizer = load_run(run)
+    return generate_texts(model, tokenizer, sources, **decoding.to_dict(),
+                          max_source_tokens=config.max_source_tokens or config.max_length // 2)

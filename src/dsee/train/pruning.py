@@ -23,62 +23,9 @@ from ..adapters.config import dataclass_from_dict
 from ..arch import blocks
 from ..registry import Registry
 from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES, head_group_sizes, removal_plan
+from .settings import PruneSettings  # noqa: F401 (re-exported)
 from ..sparsity.unstructured import SCOPES, SCORES, apply_masks_, sparsity_report, unstructured_masks
 from ..sparsity.structure import remove_heads_, remove_neurons_, structure_plan
-
-
-@dataclass
-class PruneSettings:
-    """What ``dsee prune`` does to the source run's kept model before re-tuning."""
-
-    source: str  # the trained run directory
-    sparsity: float | None = None  # unstructured: fraction of zeros in the blocks' linear weights
-    scope: str = "global"  # global | layer
-    score: str = "weight"  # weight | delta | weight+delta | upstream
-    adapted_sparsity: float | None = None  # upstream only: ratio for the matrices with DSEE updates
-    heads: float | None = None  # structured: fraction of attention heads removed
-    ffn: float | None = None  # structured: fraction of FFN neurons removed
-    head_score: str = "delta"  # delta | importance
-    ffn_score: str = "magnitude"  # magnitude | importance
-    per_layer: bool = True  # structured: the same fraction from every layer (else one global ranking)
-    importance_batches: int = 8  # training batches for the importance scores
-
-    def __post_init__(self) -> None:
-        for name in ("sparsity", "adapted_sparsity", "heads", "ffn"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
-        if self.sparsity is None and self.heads is None and self.ffn is None:
-            raise ValueError("nothing to prune: give --sparsity (unstructured) and/or --heads / --ffn (structured)")
-        if self.score not in SCORES:
-            raise ValueError(f"--score {self.score}: choose one of {', '.join(SCORES)}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"--scope {self.scope}: choose global or layer")
-        if self.adapted_sparsity is not None and self.score != "upstream":
-            raise ValueError("--adapted-sparsity is the upstream recipe's ratio for query/value: use --score upstream")
-        if self.head_score not in HEAD_SCORES:
-            raise ValueError(f"--head-score {self.head_score}: choose one of {', '.join(HEAD_SCORES)}")
-        if self.ffn_score not in NEURON_SCORES:
-            raise ValueError(f"--ffn-score {self.ffn_score}: choose one of {', '.join(NEURON_SCORES)}")
-        if self.importance_batches < 1:
-            raise ValueError("--importance-batches must be >= 1")
-
-    @property
-    def structured(self) -> bool:
-        return bool(self.heads) or bool(self.ffn)
-
-    @property
-    def needs_batches(self) -> bool:
-        """True when a chosen head or neuron score reads training batches."""
-        return bool(self.heads and HEAD_SCORES.get(self.head_score).needs_data) or bool(
-            self.ffn and NEURON_SCORES.get(self.ffn_score).needs_data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PruneSettings:
-        return dataclass_from_dict(cls, data)
 
 
 def check_source(source: str | Path):

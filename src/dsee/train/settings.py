@@ -1,0 +1,229 @@
+"""The settings of a training run (``RunConfig``) and of a pruning run (``PruneSettings``).
+
+Each field is defined once here, with its default and its help: the ``dsee train`` and ``dsee
+prune`` options are generated from these fields (``dsee.options``), and a run directory's
+``run_config.json`` is ``RunConfig.to_dict()``. Validation happens on construction, so a bad
+setting fails before anything is loaded or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..adapters.config import DSEEConfig, dataclass_from_dict
+from ..options import option
+from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES
+from ..sparsity.unstructured import SCOPES, SCORES
+
+METHODS = ("dsee", "lora", "full")
+DEFAULT_LR = {"dsee": 5e-4, "lora": 5e-4, "full": 5e-5}
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+DATA, GENERATION, OPTIMISATION, SUPPORT = ("data", "text generation (decoder models)", "optimisation",
+                                           "data-aware support (--sparse-method gradient)")
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a training run (what ``dsee train`` resolves its flags into)."""
+
+    out: str = option(help="the run directory")
+    model: str | None = option(None, "Hub id or local path (default: the embedded all-MiniLM-L6-v2)")
+    # data: a GLUE task, or the user's own files
+    task: str | None = option(None, "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or e2e",
+                              group=DATA)
+    data_dir: str | None = option(None, "folder with the task folders (default for GLUE: the Hub)", group=DATA)
+    train_file: str | None = option(None, "your own data: CSV, TSV or JSON Lines", group=DATA)
+    validation_file: str | None = option(None, "the dev set of your own data (selects the kept checkpoint)",
+                                         group=DATA)
+    text_columns: list[str] | None = option(None, "text column(s) of your files: a or a,b", group=DATA)
+    label_column: str | None = option(None, "label column of your files", group=DATA)
+    task_type: str | None = option(None, "default: detected from the labels", group=DATA,
+                                   choices=("classification", "regression"))
+    # text generation (decoder models): the E2E task, or the user's files with these two columns
+    source_column: str | None = option(None, "the input text column", group=GENERATION)
+    target_column: str | None = option(None, "the output text column (rows with one source: its references)",
+                                       group=GENERATION)
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing on the target tokens", group=GENERATION)
+    max_source_tokens: int | None = option(None, "longer sources are cut (default max-length / 2)", group=GENERATION,
+                                           positive=True)
+    max_length: int = option(128, "longest tokenised example (longer ones are truncated)", group=DATA, positive=True)
+    max_train_samples: int | None = option(None, "a seeded subset of the training data", group=DATA, positive=True)
+    max_eval_samples: int | None = option(None, "the first examples of the dev set", group=DATA, positive=True)
+    # method
+    method: str = option("dsee", "dsee, lora (DSEE with N = 0) or full fine-tuning", choices=METHODS)
+    adapter: dict[str, Any] | None = None  # DSEEConfig.to_dict() for dsee and lora (from the adapter options)
+    # a data-aware support (sparse_method "gradient"): batches of the statistic, LoRA warm-up steps
+    support_batches: int = option(8, "K training batches whose squared gradients w.r.t. W0 rank the positions",
+                                  group=SUPPORT, positive=True)
+    support_warmup_steps: int = option(0, "W steps of LoRA-only training first; the gradients are then taken at "
+                                       "W0 + B·A and the warmed-up LoRA is discarded", group=SUPPORT)
+    # optimisation (AdamW, linear schedule)
+    lr: float | None = option(None, "learning rate (default 5e-4 for dsee and lora, 5e-5 for full)",
+                              group=OPTIMISATION, positive=True)
+    epochs: float = option(3.0, "passes over the training data", group=OPTIMISATION)
+    batch_size: int = option(32, "examples per batch and process", group=OPTIMISATION, positive=True)
+    eval_batch_size: int = option(64, "examples per evaluation batch", group=OPTIMISATION, positive=True)
+    grad_accum: int = option(1, "micro-batches per optimizer step", group=OPTIMISATION, positive=True)
+    warmup_ratio: float = option(0.0, "share of the steps with a rising learning rate", group=OPTIMISATION)
+    weight_decay: float = option(0.0, "AdamW weight decay", group=OPTIMISATION)
+    max_grad_norm: float | None = option(1.0, "gradient clipping norm (0: none)", group=OPTIMISATION)
+    seed: int = option(42, "seeds the data order, the head and the adapter's A and random support",
+                       group=OPTIMISATION)
+    eval_steps: int = option(0, "evaluate and checkpoint every K optimizer steps (0: only per epoch)",
+                             group=OPTIMISATION)
+    eval_per_epoch: bool = option(True, "do not evaluate at the end of every epoch", group=OPTIMISATION,
+                                  negative_flag="--no-eval-per-epoch")
+    mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, none on CPU", group=OPTIMISATION,
+                                  choices=PRECISIONS)
+    # a pruned run (``dsee prune``): PruneSettings.to_dict(); the model is the source run's, pruned
+    prune: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self._check_data()
+        self._check_numbers()
+        if self.method not in METHODS:
+            raise self._bad("method", f"choose one of {', '.join(METHODS)}")
+        if self.mixed_precision not in PRECISIONS:
+            raise self._bad("mixed_precision", f"choose one of {', '.join(PRECISIONS)}")
+        if self.eval_steps == 0 and not self.eval_per_epoch:
+            raise ValueError("no evaluation at all: set --eval-steps K or keep per-epoch evaluation")
+        if self.prune is not None:
+            self.prune = PruneSettings.from_dict(self.prune).to_dict()
+        if self.method == "full":
+            self.adapter = None
+        else:
+            config = DSEEConfig.from_dict(self.adapter or {})
+            if self.method == "lora":
+                config = dataclasses.replace(config, num_sparse=0, sparse_density=None)
+            self.adapter = config.to_dict()
+
+    def _bad(self, name: str, why: str) -> ValueError:
+        return ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
+    def _check_data(self) -> None:
+        if (self.task is None) == (self.train_file is None):
+            raise ValueError("give either a GLUE task (--task) or your own data (--train-file), not both or neither")
+        if self.train_file is not None:
+            if self.validation_file is None:
+                raise ValueError("--train-file needs --validation-file (the dev set used for model selection)")
+            if (self.source_column is None) != (self.target_column is None):
+                raise ValueError("text generation needs both --source-column and --target-column")
+            if self.source_column is None and (not self.text_columns or not self.label_column):
+                raise ValueError("--train-file needs --text-columns and --label-column (classification, "
+                                 "regression) or --source-column and --target-column (generation)")
+        if self.task_type not in (None, "classification", "regression"):
+            raise self._bad("task_type", "choose classification or regression")
+
+    def _check_numbers(self) -> None:
+        for name in ("lr", "epochs", "label_smoothing", "warmup_ratio", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
+                raise self._bad(name, "must be a finite number")
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "max_length", "support_batches"):
+            if getattr(self, name) < 1:
+                raise self._bad(name, "must be >= 1")
+        for name in ("max_train_samples", "max_eval_samples", "max_source_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise self._bad(name, "must be >= 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise self._bad("label_smoothing", "must be in [0, 1)")
+        if self.epochs < 0 or (self.epochs == 0 and self.prune is None):
+            raise self._bad("epochs", "must be > 0 (0 only for a pruned run: evaluate without re-tuning)")
+        if self.lr is not None and self.lr <= 0:
+            raise self._bad("lr", "must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise self._bad("warmup_ratio", "must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise self._bad("weight_decay", "must be >= 0")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            raise self._bad("max_grad_norm", "must be >= 0 (0: no clipping)")
+        if self.eval_steps < 0:
+            raise self._bad("eval_steps", "must be >= 0")
+        if self.support_warmup_steps < 0:
+            raise self._bad("support_warmup_steps", "must be >= 0")
+
+    @property
+    def is_generation(self) -> bool:
+        return self.task == "e2e" or self.source_column is not None
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    def dsee_config(self) -> DSEEConfig | None:
+        return None if self.adapter is None else DSEEConfig.from_dict(self.adapter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        return dataclass_from_dict(cls, data)
+
+
+UNSTRUCTURED = "unstructured (masks on the blocks' linear weights)"
+STRUCTURED = "structured (attention heads and FFN neurons, removed physically)"
+
+
+@dataclass
+class PruneSettings:
+    """What ``dsee prune`` does to the source run's kept model before re-tuning (paper §3.2)."""
+
+    source: str = option(help="the trained run directory", flag="run")
+    sparsity: float | None = option(None, "fraction of zeros in the blocks' linear weights, in [0, 1)",
+                                    group=UNSTRUCTURED)
+    scope: str = option("global", "rank all matrices together (global) or each alone (layer)", group=UNSTRUCTURED,
+                        choices=SCOPES)
+    score: str = option("weight", "what ranks the weights", group=UNSTRUCTURED, choices=SCORES.names)
+    adapted_sparsity: float | None = option(None, "upstream: the ratio for query/value (ranked by |ΔW|); "
+                                            "default --sparsity", group=UNSTRUCTURED)
+    heads: float | None = option(None, "fraction of attention heads to remove", group=STRUCTURED)
+    ffn: float | None = option(None, "fraction of FFN neurons to remove", group=STRUCTURED)
+    head_score: str = option("delta", "what ranks the heads", group=STRUCTURED, choices=HEAD_SCORES.names)
+    ffn_score: str = option("magnitude", "what ranks the FFN neurons", group=STRUCTURED, choices=NEURON_SCORES.names)
+    per_layer: bool = option(True, "one ranking over all layers instead of the same fraction per layer",
+                             group=STRUCTURED, negative_flag="--global")
+    importance_batches: int = option(8, "training batches for the importance scores", group=STRUCTURED,
+                                     positive=True)
+
+    def __post_init__(self) -> None:
+        for name in ("sparsity", "adapted_sparsity", "heads", "ffn"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:  # NaN fails this too
+                raise ValueError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
+        if self.sparsity is None and self.heads is None and self.ffn is None:
+            raise ValueError("nothing to prune: give --sparsity (unstructured) and/or --heads / --ffn (structured)")
+        if self.score not in SCORES:
+            raise ValueError(f"--score {self.score}: choose one of {', '.join(SCORES)}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"--scope {self.scope}: choose global or layer")
+        if self.adapted_sparsity is not None and not SCORES.get(self.score).options.get("own_ratio"):
+            raise ValueError("--adapted-sparsity is the upstream recipe's ratio for query/value: use --score upstream")
+        if self.head_score not in HEAD_SCORES:
+            raise ValueError(f"--head-score {self.head_score}: choose one of {', '.join(HEAD_SCORES)}")
+        if self.ffn_score not in NEURON_SCORES:
+            raise ValueError(f"--ffn-score {self.ffn_score}: choose one of {', '.join(NEURON_SCORES)}")
+        if self.importance_batches < 1:
+            raise ValueError("--importance-batches must be >= 1")
+
+    @property
+    def structured(self) -> bool:
+        return bool(self.heads) or bool(self.ffn)
+
+    @property
+    def needs_batches(self) -> bool:
+        """True when a chosen head or neuron score reads training batches."""
+        return bool(self.heads and HEAD_SCORES.get(self.head_score).needs_data) or bool(
+            self.ffn and NEURON_SCORES.get(self.ffn_score).needs_data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneSettings:
+        return dataclass_from_dict(cls, data)
