@@ -121,7 +121,7 @@ def test_mteval_tokenisation():
     # mteval-v13a: ASCII-only lowercasing (É stays), punctuation split off except '-' and "'", periods and
     # commas kept inside numbers, a dash split after a digit, non-ASCII symbols (£) left attached.
     text = "The Eagle's price: £20-25, 4.5 stars.\nÉté   (Riverside) isn't \"cheap\"."
-    assert nlg._mteval_tokenize([text]) == [
+    assert nlg.mteval_tokenize([text]) == [
         "the eagle's price : £20 - 25 , 4.5 stars . Été ( riverside ) isn't \" cheap \" ."
     ]
 
@@ -137,8 +137,8 @@ def test_bleu_matches_nltk_and_pycocoevalcap(fixed):
     from nltk.translate.bleu_score import corpus_bleu
     from pycocoevalcap.bleu.bleu import Bleu
 
-    hyps = nlg._mteval_tokenize(HYPS)
-    refs = [nlg._mteval_tokenize(g) for g in REFS]
+    hyps = nlg.mteval_tokenize(HYPS)
+    refs = [nlg.mteval_tokenize(g) for g in REFS]
     scores, _ = Bleu(4).compute_score(
         {i: g for i, g in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)}, verbose=0
     )
@@ -221,13 +221,13 @@ def test_nist_matches_nltk_with_one_reference():
     from nltk.translate.nist_score import corpus_nist
 
     refs = [[g[0]] for g in REFS]
-    hyps = nlg._mteval_tokenize(HYPS)
-    expected = corpus_nist([[nlg._mteval_tokenize(g)[0].split()] for g in refs], [h.split() for h in hyps], n=5)
+    hyps = nlg.mteval_tokenize(HYPS)
+    expected = corpus_nist([[nlg.mteval_tokenize(g)[0].split()] for g in refs], [h.split() for h in hyps], n=5)
     assert score(HYPS, refs, metrics=("nist",))["nist"] == pytest.approx(expected, rel=1e-12)
     # and a case where the hypotheses are shorter than the references (length penalty < 1)
     short = ["the eagle is cheap", "aromi is a coffee shop", "blue spice", "fitzbillies is expensive"]
     expected = corpus_nist(
-        [[nlg._mteval_tokenize(g)[0].split()] for g in refs], [h.split() for h in nlg._mteval_tokenize(short)], n=5
+        [[nlg.mteval_tokenize(g)[0].split()] for g in refs], [h.split() for h in nlg.mteval_tokenize(short)], n=5
     )
     assert 0 < score(short, refs, metrics=("nist",))["nist"] == pytest.approx(expected, rel=1e-12)
 
@@ -317,7 +317,7 @@ def test_meteor_perfect_and_partial(meteor):
 @needs_java
 def test_meteor_scorer_is_serialised_across_threads(meteor, fixed):
     flat = nlg._java_ptb_tokenize(HYPS + [r for g in REFS for r in g], nlg._java())
-    hyps, refs = nlg._regroup(flat, len(HYPS), REFS)
+    hyps, refs = nlg.regroup(flat, len(HYPS), REFS)
     results: list[float] = []
     threads = [threading.Thread(target=lambda: results.append(meteor.compute(hyps, refs))) for _ in range(3)]
     for t in threads:

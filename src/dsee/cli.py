@@ -132,7 +132,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate with a fine-tuned run: one output line per input line."""
-    from .adapters.io import atomic_write_text
+    from .files import atomic_write_text
     from .train.generate import DecodingSettings, generate_run_texts, read_sources
 
     if (args.input is None) == (args.text is None):

@@ -170,7 +170,7 @@ class DSEEConfig:
         return cls.from_dict(json.loads(text))
 
     def save(self, directory: str | Path) -> Path:
-        from .io import atomic_write_text
+        from ..files import atomic_write_text
 
         path = Path(directory) / CONFIG_NAME
         atomic_write_text(path, self.to_json() + "\n")

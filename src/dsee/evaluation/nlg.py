@@ -100,7 +100,7 @@ class NLGMetricWarning(UserWarning):
     """A metric could not be computed as the official scorer does (e.g. no Java): see the message."""
 
 
-def _require(module: str, purpose: str):
+def require_package(module: str, purpose: str):
     """Import ``module`` (a dotted path) or raise an ImportError that names the pip package."""
     top = module.split(".")[0]
     try:
@@ -115,7 +115,7 @@ def _require(module: str, purpose: str):
 # input
 
 
-def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
+def check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
     if isinstance(hypotheses, str) or isinstance(references, str):
         raise TypeError("hypotheses must be a list of strings and references a list of lists of strings")
     hyps, refs = list(hypotheses), list(references)
@@ -177,30 +177,30 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _WHITESPACE = re.compile(r"\s+")
 
 
-def _mteval_tokenize(texts: Iterable[str]) -> list[str]:
+def mteval_tokenize(texts: Iterable[str]) -> list[str]:
     """mteval-v13a's normalisation: whitespace collapsed, ASCII-lowercased, "13a"-tokenised; space-joined."""
-    tok_mod = _require("sacrebleu.tokenizers.tokenizer_13a", "BLEU and NIST")
+    tok_mod = require_package("sacrebleu.tokenizers.tokenizer_13a", "BLEU and NIST")
     tokenize = tok_mod.Tokenizer13a()
     return [tokenize(_WHITESPACE.sub(" ", t).strip().translate(_ASCII_LOWER)) for t in texts]
 
 
-def _reference_streams(refs: list[list[str]]) -> list[list[str | None]]:
+def reference_streams(refs: list[list[str]]) -> list[list[str | None]]:
     """sacrebleu's layout: one stream per reference position; None marks "this item has fewer references"."""
     width = max(len(g) for g in refs)
     return [[g[k] if k < len(g) else None for g in refs] for k in range(width)]
 
 
-def _bleu_metric(**kwargs):
+def bleu_metric(**kwargs):
     """sacrebleu's BLEU set up as mteval-v13a on already tokenised text (see the module docstring)."""
-    bleu_mod = _require("sacrebleu.metrics.bleu", "BLEU")
+    bleu_mod = require_package("sacrebleu.metrics.bleu", "BLEU")
     return bleu_mod.BLEU(lowercase=False, tokenize="none", smooth_method="exp", force=True, max_ngram_order=4,
                          **kwargs)
 
 
-def _bleu(hyps: list[str], refs: list[list[str]]) -> float:
+def corpus_bleu(hyps: list[str], refs: list[list[str]]) -> float:
     """Corpus BLEU-4 of mteval-v13a on tokenised text: clipped counts over all references, brevity penalty
     from the reference closest in length (the shorter on a tie), mteval's smoothing for empty orders."""
-    return float(_bleu_metric().corpus_score(hyps, _reference_streams(refs)).score) / 100.0
+    return float(bleu_metric().corpus_score(hyps, reference_streams(refs)).score) / 100.0
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:
@@ -277,7 +277,7 @@ def _java() -> str | None:
 
 
 def _ptb_module():
-    return _require("pycocoevalcap.tokenizer.ptbtokenizer", "METEOR, ROUGE-L and CIDEr")
+    return require_package("pycocoevalcap.tokenizer.ptbtokenizer", "METEOR, ROUGE-L and CIDEr")
 
 
 def _java_ptb_tokenize(texts: list[str], java: str) -> list[str]:
@@ -314,7 +314,7 @@ def _python_ptb_tokenize(texts: list[str]) -> list[str]:
     rules in Python) on sentences split at ``.!?`` + space, "(" as ``-lrb-`` etc., "£" as "#" and "€" as
     "$" as the Stanford tokeniser writes them, leading quotes/periods/hyphens and trailing periods/hyphens
     split off, lowercased, pycocoevalcap's punctuation tokens removed."""
-    treebank = _require("nltk.tokenize.treebank", "the Python fallback of the PTB tokeniser").TreebankWordTokenizer()
+    treebank = require_package("nltk.tokenize.treebank", "the Python fallback of the PTB tokeniser").TreebankWordTokenizer()
     punct = set(_ptb_module().PUNCTUATIONS)
     out = []
     for text in texts:
@@ -407,7 +407,7 @@ def _stop(proc: subprocess.Popen) -> str:
 
 @lru_cache(maxsize=1)
 def _meteor_class():
-    base = _require("pycocoevalcap.meteor.meteor", "METEOR").Meteor
+    base = require_package("pycocoevalcap.meteor.meteor", "METEOR").Meteor
 
     class _Meteor(base):
         # The upstream __del__ blocks forever when compute_score failed while holding the lock, and raises
@@ -555,27 +555,27 @@ def score(
         raise ValueError("no metric requested")
     if coco_tokenizer not in ("auto", "ptb", "python"):
         raise ValueError(f"coco_tokenizer must be 'auto', 'ptb' or 'python', not {coco_tokenizer!r}")
-    hyps, refs = _check_inputs(hypotheses, references)
+    hyps, refs = check_inputs(hypotheses, references)
     out: dict[str, float | None] = {}
 
     if any(m in wanted for m in _MTEVAL):
-        flat = _mteval_tokenize(hyps + [r for g in refs for r in g])
-        mt_hyps, mt_refs = _regroup(flat, len(hyps), refs)
+        flat = mteval_tokenize(hyps + [r for g in refs for r in g])
+        mt_hyps, mt_refs = regroup(flat, len(hyps), refs)
         if "bleu" in wanted:
-            out["bleu"] = _bleu(mt_hyps, mt_refs)
+            out["bleu"] = corpus_bleu(mt_hyps, mt_refs)
         if "nist" in wanted:
             out["nist"] = _nist(mt_hyps, mt_refs)
 
     if any(m in wanted for m in _COCO):
         flat, _ = _coco_tokenize(hyps + [r for g in refs for r in g], coco_tokenizer)
-        tok_hyps, tok_refs = _regroup(flat, len(hyps), refs)
+        tok_hyps, tok_refs = regroup(flat, len(hyps), refs)
         res = {i: [h] for i, h in enumerate(tok_hyps)}
         gts = {i: g for i, g in enumerate(tok_refs)}
         if "rouge_l" in wanted:
-            rouge = _require("pycocoevalcap.rouge.rouge", "ROUGE-L").Rouge()
+            rouge = require_package("pycocoevalcap.rouge.rouge", "ROUGE-L").Rouge()
             out["rouge_l"] = float(rouge.compute_score(gts, res)[0])
         if "cider" in wanted:
-            cider = _require("pycocoevalcap.cider.cider", "CIDEr").Cider()
+            cider = require_package("pycocoevalcap.cider.cider", "CIDEr").Cider()
             out["cider"] = float(cider.compute_score(gts, res)[0])
         if "meteor" in wanted:
             out["meteor"] = _meteor_or_none(tok_hyps, tok_refs, meteor_scorer)
@@ -583,7 +583,7 @@ def score(
     return {m: out[m] for m in wanted}
 
 
-def _regroup(flat: list[str], n_hyps: int, like: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+def regroup(flat: list[str], n_hyps: int, like: list[list[str]]) -> tuple[list[str], list[list[str]]]:
     """Split a flat list (hypotheses, then all references) back into hypotheses and groups shaped like ``like``."""
     hyps, rest = flat[:n_hyps], iter(flat[n_hyps:])
     return hyps, [[next(rest) for _ in g] for g in like]

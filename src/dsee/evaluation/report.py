@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..adapters.io import atomic_write_text
+from ..files import atomic_file, atomic_write_text
 
 
 def load_rows(runs: list[str | Path]) -> list[dict[str, Any]]:
@@ -87,7 +87,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> None:
     ax1.set_title("dev score vs FLOPs")
     ax2.set_title("dev score vs sparsity")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -97,7 +97,6 @@ def write_report(runs: list[str | Path], out: str | Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.md", markdown(rows))
-    tmp = out / ".report.png.tmp.png"
-    plot(rows, tmp)
-    tmp.replace(out / "report.png")
+    with atomic_file(out / "report.png") as tmp:
+        plot(rows, tmp)
     return {"table": out / "report.md", "plot": out / "report.png"}

@@ -45,19 +45,19 @@ def paired_bootstrap_bleu(baseline: Sequence[str], system: Sequence[str], refere
         raise ValueError(f"baseline has {len(baseline)} outputs and system {len(system)}: they must be paired")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, not {resamples}")
-    base_hyps, refs = nlg._check_inputs(baseline, references)
-    sys_hyps, _ = nlg._check_inputs(system, references)
-    flat = nlg._mteval_tokenize(base_hyps + sys_hyps + [r for g in refs for r in g])
+    base_hyps, refs = nlg.check_inputs(baseline, references)
+    sys_hyps, _ = nlg.check_inputs(system, references)
+    flat = nlg.mteval_tokenize(base_hyps + sys_hyps + [r for g in refs for r in g])
     n = len(base_hyps)
     tok_base = flat[:n]
-    tok_sys, tok_refs = nlg._regroup(flat[n:], n, refs)
+    tok_sys, tok_refs = nlg.regroup(flat[n:], n, refs)
     if tok_base == tok_sys:
         # every draw differs by exactly 0; sacrebleu's strict count would give the smallest p-value instead
-        bleu = nlg._bleu(tok_base, tok_refs)
+        bleu = nlg.corpus_bleu(tok_base, tok_refs)
         return {"baseline": bleu, "system": bleu, "delta": 0.0, "p_value": 1.0, "system_ci": float("nan"),
                 "items": n, "resamples": resamples}
-    significance = nlg._require("sacrebleu.significance", "the paired bootstrap test")
-    metric = nlg._bleu_metric(references=nlg._reference_streams(tok_refs))
+    significance = nlg.require_package("sacrebleu.significance", "the paired bootstrap test")
+    metric = nlg.bleu_metric(references=nlg.reference_streams(tok_refs))
     test = significance.PairedTest([("baseline", tok_base), ("system", tok_sys)], {"BLEU": metric}, None,
                                    test_type="bs", n_samples=resamples)
     test._seed = seed  # PairedTest reads its seed from SACREBLEU_SEED; a caller's seed is clearer

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..adapters.config import DSEEConfig
 from ..adapters.inject import dsee_layers, inject
-from ..adapters.io import atomic_directory
+from ..files import atomic_directory
 from ..adapters.layer import linear_shape
 from .structure import apply_structure_, structure_plan
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..files import atomic_file
 
 FORMAT = "dsee-compact-1"
 _INDEX_KEY = "dsee_compact"  # JSON {name: {"format": "bitmask", "shape": [...], "dtype": "float32"}}
@@ -116,14 +117,8 @@ def save_compact(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     metadata.update({"format": FORMAT, _INDEX_KEY: json.dumps(index)})
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(entries, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file(entries, str(tmp), metadata=metadata)
     return {"bytes_on_disk": os.path.getsize(path), "dense_bytes": dense_bytes, "packed": list(index)}
 
 

@@ -199,11 +199,6 @@ def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The prune masks held by the adapted layers (the other pruned weights carry their zeros)."""
-    return {n: m.prune_mask for n, m in model.named_modules() if isinstance(m, DSEELinear) and m.prune_mask is not None}
-
-
 @torch.no_grad()
 def sparsity_report(model: nn.Module) -> dict:
     """Achieved sparsity (fraction of exact zeros) of every prunable weight and overall.

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # imported lazily at run time: reading data must not need tor
 
 __all__ = [
     "Collator",
+    "seeded_subset",
     "DataError",
     "TextDataset",
     "encode",
@@ -124,18 +125,29 @@ class TextDataset:
         larger one with the same seed. ``None`` (or a size >= ``len(self)``) keeps everything.
         The label list is unchanged, so indices agree with the full data.
         """
-        if max_samples is None or max_samples >= len(self):
+        keep = seeded_subset(len(self), max_samples, seed)
+        if keep is None:
             return self
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be a positive integer or None, not {max_samples}")
-        order = list(range(len(self)))
-        random.Random(seed).shuffle(order)
-        keep = sorted(order[:max_samples])
         return replace(
             self,
             texts=[self.texts[i] for i in keep],
             labels=[self.labels[i] for i in keep],
         )
+
+
+def seeded_subset(n: int, max_samples: int | None, seed: int) -> list[int] | None:
+    """Indices of at most ``max_samples`` of ``n`` rows, drawn without replacement, in file order.
+
+    A prefix of one seeded permutation, so a smaller sample is a subset of a larger one with the
+    same seed. None when everything is kept (``max_samples`` None or >= n).
+    """
+    if max_samples is None or max_samples >= n:
+        return None
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be a positive integer or None, not {max_samples}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[:max_samples])
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +167,7 @@ def _describe_dir(directory: Path) -> str:
     return f"{directory} contains: {shown}{more}"
 
 
-def _require_file(path: Path) -> None:
+def require_file(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"file not found: {path}; {_describe_dir(path.parent)}")
 
@@ -235,7 +247,7 @@ def _column_index(spec: ColumnSpec, header: Sequence[str], path: Path, lineno: i
     raise DataError(f"{path}, line {lineno}: column {spec!r} not found; the header has: {names}")
 
 
-def _delimited_records(
+def delimited_records(
     path: Path,
     columns: Sequence[ColumnSpec],
     *,
@@ -281,7 +293,7 @@ def _delimited_records(
         raise DataError(f"{path}: no data lines after the header (line {header_line})")
 
 
-def _jsonl_records(path: Path, columns: Sequence[ColumnSpec]) -> Iterator[tuple[int, list[Any]]]:
+def jsonl_records(path: Path, columns: Sequence[ColumnSpec]) -> Iterator[tuple[int, list[Any]]]:
     """Yield ``(line number, [value of each requested key])`` from a JSON Lines file."""
     for spec in columns:
         if not isinstance(spec, str):
@@ -377,7 +389,7 @@ def _find_glue_file(spec: GlueTask, data_dir: Path, split: str) -> Path:
 
 
 def _read_glue_file(spec: GlueTask, path: Path) -> TextDataset:
-    records = _delimited_records(
+    records = delimited_records(
         path,
         [*spec.text_columns, spec.label_column],
         delimiter="\t",
@@ -502,13 +514,13 @@ def load_table(
     columns = [text_columns] if isinstance(text_columns, (str, int)) else list(text_columns)
     if len(columns) not in (1, 2):
         raise ValueError(f"give one or two text columns, not {len(columns)}: {columns!r}")
-    _require_file(path)
-    fmt = _table_format(path)
+    require_file(path)
+    fmt = table_format(path)
     wanted = [*columns, label_column]
     if fmt == "jsonl":
-        records: Iterator[tuple[int, list[Any]]] = _jsonl_records(path, wanted)
+        records: Iterator[tuple[int, list[Any]]] = jsonl_records(path, wanted)
     else:
-        records = _delimited_records(
+        records = delimited_records(
             path, wanted, delimiter="," if fmt == "csv" else "\t", quoted=fmt == "csv"
         )
     texts: list[tuple[str, ...]] = []
@@ -527,7 +539,7 @@ def load_table(
     return TextDataset(texts, labels, str(path), kind, names).subsample(max_samples, seed)
 
 
-def _table_format(path: Path) -> str:
+def table_format(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".gz"):
         name = name[:-3]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sparsity.export import save_pretrained
-from ..adapters.io import atomic_write_text
+from ..files import atomic_write_text
 from ..adapters.inject import dsee_layers, merge_dsee
 from .pipeline import load_run
 from .run import LABELS, METRICS

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..adapters.inject import dsee_layers, merge_dsee
-from ..adapters.io import atomic_write_text
+from ..files import atomic_write_text
 from ..options import option
 from .textgen import prompt_ids
 

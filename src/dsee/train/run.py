@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..adapters.io import atomic_directory, atomic_write_text  # noqa: F401 (atomic_directory re-exported)
+from ..files import atomic_directory, atomic_write_text  # noqa: F401 (atomic_directory re-exported)
 from .settings import DEFAULT_LR, METHODS, RunConfig  # noqa: F401 (re-exported)
 
 RUN_CONFIG = "run_config.json"

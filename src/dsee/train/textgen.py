@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .data import DataError, _delimited_records, _jsonl_records, _require_file, _table_format
+from .data import DataError, seeded_subset, delimited_records, jsonl_records, require_file, table_format
 
 PROMPT_END = " ||"
 E2E_FILES = {"train": "trainset.csv.gz", "validation": "devset.csv", "test": "testset_w_refs.csv"}
@@ -42,10 +42,9 @@ class TextPairs:
 
     def grouped(self) -> tuple[list[str], list[list[str]]]:
         """Distinct sources in first-appearance order, each with all its references."""
-        refs: dict[str, list[str]] = {}
-        for s, t in zip(self.sources, self.targets):
-            refs.setdefault(s, []).append(t)
-        return list(refs), list(refs.values())
+        from ..evaluation.nlg import group_references
+
+        return group_references(self.sources, self.targets)
 
     def first_items(self, max_items: int | None) -> TextPairs:
         """The rows of the first ``max_items`` distinct sources (a fixed subset for decoding)."""
@@ -57,13 +56,9 @@ class TextPairs:
 
     def subsample(self, max_rows: int | None, seed: int = 0) -> TextPairs:
         """At most ``max_rows`` rows, drawn at random (seeded), kept in file order."""
-        import random
-
-        if max_rows is None or max_rows >= len(self):
+        keep = seeded_subset(len(self), max_rows, seed)
+        if keep is None:
             return self
-        order = list(range(len(self)))
-        random.Random(seed).shuffle(order)
-        keep = sorted(order[:max_rows])
         return replace(self, sources=[self.sources[i] for i in keep], targets=[self.targets[i] for i in keep])
 
 
@@ -85,13 +80,13 @@ def load_e2e(data_dir: str | Path, split: str) -> TextPairs:
 def load_pairs(path: str | Path, source_column: str, target_column: str) -> TextPairs:
     """Sources and targets from a CSV, TSV or JSON Lines file; errors name the file and line."""
     path = Path(path)
-    _require_file(path)
-    fmt = _table_format(path)
+    require_file(path)
+    fmt = table_format(path)
     columns = [source_column, target_column]
     if fmt == "jsonl":
-        records = _jsonl_records(path, columns)
+        records = jsonl_records(path, columns)
     else:
-        records = _delimited_records(path, columns, delimiter="," if fmt == "csv" else "\t", quoted=fmt == "csv")
+        records = delimited_records(path, columns, delimiter="," if fmt == "csv" else "\t", quoted=fmt == "csv")
     sources, targets = [], []
     for lineno, (src, tgt) in records:
         for value, column in ((src, source_column), (tgt, target_column)):
