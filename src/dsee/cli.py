@@ -45,14 +45,45 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune on a GLUE task or the user's own data; print the dev score and the trainable share."""
     from .train.loop import train
+    from .train.run import load_run_config
     from .train.settings import RunConfig
 
-    settings = values(args, RunConfig)
-    adapter = None if args.method == "full" else adapter_config(args, seed=args.seed).to_dict()
-    metrics = train(RunConfig(**settings, adapter=adapter), resume=args.resume, overwrite=args.overwrite,
-                    show_progress=not args.no_progress)
+    if args.resume:  # the saved settings, nothing else: an option given with --resume would be ignored
+        refuse_options_with_resume(args, [(RunConfig, ("out",)), (DSEEConfig, ("seed",))])
+        if args.overwrite:
+            raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
+        config = load_run_config(args.out)
+        config.out = args.out
+    else:
+        adapter = None if args.method == "full" else adapter_config(args, seed=args.seed).to_dict()
+        refuse_options_not_applying(args, adapter)
+        config = RunConfig(**values(args, RunConfig), adapter=adapter)
+    metrics = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)
     print(format_train_summary(metrics))
     return 0
+
+
+def refuse_options_with_resume(args: argparse.Namespace, classes) -> None:
+    from .options import given
+
+    flags = [flag for cls, exclude in classes for flag in given(args, cls, exclude=exclude)]
+    if flags:
+        raise ValueError(f"--resume continues the run with its saved settings; {', '.join(flags)} would be "
+                         "ignored: drop them (or start a new run)")
+
+
+def refuse_options_not_applying(args: argparse.Namespace, adapter: dict | None) -> None:
+    """Options that the chosen method or support would silently ignore are errors instead."""
+    from .options import given
+
+    if args.method == "full" and given(args, DSEEConfig, exclude=("seed",)):
+        raise ValueError(f"--method full trains every weight: the adapter options "
+                         f"{', '.join(given(args, DSEEConfig, exclude=('seed',)))} do not apply")
+    data_aware = adapter is not None and DSEEConfig.from_dict(adapter).sparse_method == "gradient"
+    for flag, value, default in (("--support-batches", args.support_batches, 8),
+                                 ("--support-warmup-steps", args.support_warmup_steps, 0)):
+        if value != default and not data_aware:
+            raise ValueError(f"{flag} is read only by --sparse-method gradient")
 
 
 def format_train_summary(metrics: dict) -> str:
@@ -107,10 +138,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from .train.loop import train
     from .train.pruning import check_source
+    from .train.run import check_out_apart
     from .train.settings import PruneSettings
 
     settings = PruneSettings(**values(args, PruneSettings))
     source = check_source(settings.source)
+    check_out_apart(settings.source, args.out)  # before the lock creates --out
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
     changes = {"out": args.out, "prune": settings.to_dict(), "epochs": args.retune_epochs}
     changes.update({k: v for k, v in (("lr", args.lr), ("data_dir", args.data_dir)) if v is not None})
     metrics = train(dataclasses.replace(source, **changes), resume=args.resume, overwrite=args.overwrite,
@@ -271,11 +306,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# errors of the user's making: a message and exit code 2 (anything else is a bug: traceback, exit 1)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .train.lock import RunBusyError
+    from .train.loop import Stopped
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (*USER_ERRORS, RunBusyError) as err:
         print(f"dsee {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"dsee {args.command}: stopped after step {stop.step}; the checkpoint is in {stop.run / 'checkpoint'}: "
+              f"continue with `dsee {args.command} {'' if args.command == 'train' else '<source run> '}"
+              f"--out {stop.run} --resume`", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"dsee {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -61,57 +61,67 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; a clear error naming the file when it is unreadable
+    (truncated, corrupted, not safetensors) or holds NaN or infinite values."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if bad:
+        raise ValueError(f"{path}: NaN or infinite values in {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else ""))
+    return metadata, tensors
+
+
+def _problems(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps the saved adapter tensors from fitting the model's: missing, extra, shapes, bad Ω."""
+    problems = [f"missing {k}" for k in sorted(set(expected) - set(saved))]
+    problems += [f"unexpected {k}" for k in sorted(set(saved) - set(expected))]
+    for key in sorted(set(saved) & set(expected)):
+        if saved[key].shape != expected[key].shape:
+            problems.append(f"{key}: saved {tuple(saved[key].shape)}, model {tuple(expected[key].shape)}")
+        elif key.endswith(".sparse_indices") and saved[key].numel():
+            index = saved[key]
+            numel = int(expected[key.replace("sparse_indices", "lora_A")].shape[1]) * int(
+                expected[key.replace("sparse_indices", "lora_B")].shape[0])
+            if int(index.min()) < 0 or int(index.max()) >= numel or index.unique().numel() != index.numel():
+                problems.append(f"{key} holds indices outside the matrix or repeated")
+    return problems
+
+
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load an adapter saved by ``save_adapter`` into ``model`` (in place) and return it.
 
     ``model`` may be a bare base model (the adapters are added first, with the saved config and
     the saved Ω: no support selection runs) or a model already given ``add_dsee`` with the same
-    config. Raises ValueError, leaving the model as it was, when the file belongs to another base
-    model or config (missing keys, other shapes).
+    config. Raises ValueError, leaving the model as it was, when the file is unreadable or holds
+    non-finite values, or belongs to another base model or config (missing keys, other shapes).
     """
     directory = Path(directory)
     config = DSEEConfig.load(directory)
     path = directory / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        saved = {key: f.get_tensor(key) for key in f.keys()}
-
+    metadata, saved = read_safetensors(path)
     added_here = not is_adapted(model)
     if added_here:
         inject(model, config, select_support=False)
     elif model.dsee_state.config != config:
-        raise ValueError(
-            f"{directory}: the adapter's config {config.to_dict()} differs from the model's "
-            f"{model.dsee_state.config.to_dict()}"
-        )
-    try:
-        expected = adapter_state_dict(model)
-        problems = []
-        for key in sorted(set(expected) - set(saved)):
-            problems.append(f"missing {key}")
-        for key in sorted(set(saved) - set(expected)):
-            problems.append(f"unexpected {key}")
-        for key in sorted(set(saved) & set(expected)):
-            if saved[key].shape != expected[key].shape:
-                problems.append(f"{key}: saved {tuple(saved[key].shape)}, model {tuple(expected[key].shape)}")
-        if problems:
-            shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
-            raise ValueError(
-                f"{path} does not fit this model (saved for model type {metadata.get('model_type', '?')}): {shown}"
-            )
-        for key, index in saved.items():
-            if key.endswith(".sparse_indices"):
-                numel = int(expected[key.replace("sparse_indices", "lora_A")].shape[1]) * int(
-                    expected[key.replace("sparse_indices", "lora_B")].shape[0]
-                )
-                if index.numel() and (int(index.min()) < 0 or int(index.max()) >= numel or index.unique().numel() != index.numel()):
-                    raise ValueError(f"{path}: {key} holds indices outside the matrix or repeated")
-    except Exception:
+        raise ValueError(f"{directory}: the adapter's config {config.to_dict()} differs from the model's "
+                         f"{model.dsee_state.config.to_dict()}")
+    expected = adapter_state_dict(model)
+    problems = _problems(saved, expected)
+    if problems:
         if added_here:
             remove_dsee(model)
-        raise
+        shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ValueError(f"{path} does not fit this model (saved for model type {metadata.get('model_type', '?')}): "
+                         f"{shown}")
     with torch.no_grad():
         for key, tensor in expected.items():
             tensor.copy_(saved[key].to(tensor.dtype))

@@ -120,7 +120,10 @@ def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
         config = transformers.AutoConfig.from_pretrained(directory)
         cls = getattr(transformers, (config.architectures or ["AutoModel"])[0])
         return cls.from_pretrained(directory).to(device).eval()
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{manifest_path}: not readable JSON ({err})") from None
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: unknown format {manifest.get('format')!r} (expected {FORMAT})")
     cls = getattr(transformers, manifest["architecture"], None)
@@ -149,12 +152,17 @@ def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
 
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
     if (directory / COMPACT_WEIGHTS).is_file():
         from .sparse_io import load_compact
 
-        return load_compact(directory / COMPACT_WEIGHTS)[0]
+        try:
+            return load_compact(directory / COMPACT_WEIGHTS)[0]
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{directory / COMPACT_WEIGHTS}: not a readable safetensors file ({err})") from None
     if (directory / DENSE_WEIGHTS).is_file():
-        from safetensors.torch import load_file
+        from ..adapters.io import read_safetensors
 
-        return load_file(str(directory / DENSE_WEIGHTS))
+        return read_safetensors(directory / DENSE_WEIGHTS)[1]
     raise FileNotFoundError(f"{directory}: no {DENSE_WEIGHTS} or {COMPACT_WEIGHTS}")

@@ -1,23 +1,37 @@
-"""The latest training state of a run (``RUN/checkpoint.pt``), so that an interrupted run resumes exactly.
+"""The latest training state of a run (``RUN/checkpoint/``), so that an interrupted run resumes exactly.
 
-It holds the trainable tensors, the optimizer and schedule states, the position in the data
-(``Progress``) and the random-number states; it is written by the main process only, to a
-temporary name and renamed.
+    checkpoint/
+      tensors.safetensors   trainable tensors ("model.<name>"), the adapters' support Ω
+                            ("buffer.<name>"), optimizer state ("optimizer.<i>.<key>")
+      state.json            optimizer hyper-parameters, schedule, ``Progress``
+
+Nothing in it is a pickle: safetensors and JSON cannot run code when read, whoever wrote the file.
+The directory is replaced whole (``dsee.files.atomic_directory``, fsynced, recoverable after a
+crash at any point of the swap). Random states are not saved: the training loop reseeds the
+global generator before every micro-batch from (seed, step, micro-batch), so dropout after a
+resume is what it would have been (``loop.seed_step``).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..files import atomic_directory, existing_directory
 from .run import CHECKPOINT
+
+TENSORS = "tensors.safetensors"
+STATE = "state.json"
+FORMAT = "dsee-checkpoint-2"
+LEGACY = "checkpoint.pt"  # the pickle of dsee 0.1: never unpickled
 
 
 @dataclass
@@ -35,42 +49,120 @@ class Progress:
     examples_seen: int = 0
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: names the file and what is wrong."""
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def _support_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Ω of every adapter: saved so that a resumed run never has to choose it again (or read data for it)."""
+    return {n: b for n, b in model.named_buffers() if n.endswith("sparse_indices")}
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+def _optimizer_payload(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def save_checkpoint(run: Path, model: nn.Module, optimizer, scheduler, progress: Progress) -> None:
-    state = {
-        "trainable": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "progress": progress.__dict__.copy(),
-        "rng": rng_state(),
-    }
-    tmp = run / f".{CHECKPOINT}.tmp"
-    torch.save(state, tmp)
-    tmp.replace(run / CHECKPOINT)
+    """Write ``RUN/checkpoint/`` (replacing the previous one whole)."""
+    tensors = {f"model.{n}": t.contiguous().cpu() for n, t in trainable_state(model).items()}
+    tensors.update({f"buffer.{n}": b.detach().contiguous().cpu() for n, b in _support_buffers(model).items()})
+    optimizer_tensors, optimizer_json = _optimizer_payload(optimizer)
+    tensors.update(optimizer_tensors)
+    progress_dict = asdict(progress)
+    progress_dict["best_score"] = None if progress.best_score == -math.inf else progress.best_score
+    state = {"format": FORMAT, "optimizer": optimizer_json, "scheduler": scheduler.state_dict(),
+             "progress": progress_dict}
+    with atomic_directory(run / CHECKPOINT) as tmp:
+        save_file(tensors, str(tmp / TENSORS), metadata={"format": FORMAT})
+        (tmp / STATE).write_text(json.dumps(state, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def has_checkpoint(run: Path) -> bool:
+    return existing_directory(run / CHECKPOINT) is not None
+
+
+def check_resumable(run: Path) -> None:
+    """A clear error unless ``run`` has a checkpoint this version reads."""
+    if has_checkpoint(run):
+        return
+    if (run / LEGACY).is_file():
+        raise CheckpointError(f"{run / LEGACY} was written by an older dsee as a pickle, which could run code "
+                              "when loaded; it is not read. Start the run again (--overwrite)")
+    raise FileNotFoundError(f"{run}: nothing to resume (no {CHECKPOINT}/)")
+
+
+def read_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, state) of ``RUN/checkpoint/``; ``CheckpointError`` naming the file if unreadable."""
+    check_resumable(run)
+    directory = existing_directory(run / CHECKPOINT)
+    try:
+        tensors = load_file(str(directory / TENSORS))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{directory / TENSORS}: not a readable safetensors file ({err})") from None
+    try:
+        state = json.loads((directory / STATE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{directory / STATE}: not readable JSON ({err})") from None
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{directory / STATE}: unknown format {state.get('format')!r} (expected {FORMAT})")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{directory / TENSORS}: non-finite values (NaN or inf) in {bad[:5]}")
+    return tensors, state
+
+
+def _load_optimizer(optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in saved["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
 def restore_checkpoint(run: Path, model: nn.Module, optimizer, scheduler) -> Progress:
-    """Load the state saved by ``save_checkpoint`` into ``model`` (unwrapped), ``optimizer`` and
-    ``scheduler``; restore the random states; return where training stood."""
-    ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    """Load ``RUN/checkpoint/`` into ``model`` (unwrapped), ``optimizer`` and ``scheduler``; return
+    where training stood. Every check runs before anything is changed."""
+    tensors, state = read_checkpoint(run)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    expected = {f"model.{n}" for n, p in params.items() if p.requires_grad}
+    found = {k for k in tensors if k.startswith("model.")}
+    if expected != found:
+        raise CheckpointError(f"{run / CHECKPOINT}: it holds other trainable tensors than this run's model "
+                              f"(missing {sorted(expected - found)[:3]}, unexpected {sorted(found - expected)[:3]})")
+    for key, value in tensors.items():
+        kind, _, name = key.partition(".")
+        target = params.get(name) if kind == "model" else buffers.get(name) if kind == "buffer" else None
+        if kind in ("model", "buffer") and (target is None or target.shape != value.shape):
+            raise CheckpointError(f"{run / CHECKPOINT}: {name} has shape {tuple(value.shape)}, the model "
+                                  f"{None if target is None else tuple(target.shape)}")
     with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, value in ckpt["trainable"].items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    set_rng_state(ckpt["rng"])
-    return Progress(**ckpt["progress"])
+        for key, value in tensors.items():
+            kind, _, name = key.partition(".")
+            if kind == "model":
+                params[name].copy_(value)
+            elif kind == "buffer":
+                buffers[name].copy_(value)
+    _load_optimizer(optimizer, tensors, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    progress = dict(state["progress"])
+    if progress.get("best_score") is None:
+        progress["best_score"] = -math.inf
+    known = {f.name for f in fields(Progress)}
+    return Progress(**{k: v for k, v in progress.items() if k in known})

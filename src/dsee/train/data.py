@@ -31,6 +31,7 @@ import json
 import math
 import random
 import re
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -197,12 +198,25 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: cannot decompress this .gz file ({err})") from None
 
 
+def _raise_csv_field_limit() -> None:
+    """Python's csv refuses fields over 131,072 characters; a text of any length is the tokenizer's
+    business (it truncates to --max-length), so lift the limit as far as the platform allows."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long is 32 bits on some platforms
+            limit //= 2
+
+
 def _split_lines(path: Path, delimiter: str, quoted: bool) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line number, fields)`` per non-empty record of a delimited file.
 
     ``quoted=False`` splits each line on the delimiter (GLUE TSV); ``quoted=True`` uses the
     ``csv`` module, where a quoted field may span lines (the number is the record's first line).
     """
+    _raise_csv_field_limit()
     lines = _iter_lines(path)
     if not quoted:
         for lineno, line in lines:
@@ -618,9 +632,16 @@ def _resolve_labels(
             )
         task_type = "classification"
     elif task_type is None:
+        odd = [(n, x) for x, n in zip(raw, linenos, strict=True) if not _is_number(x)]
+        if odd and len(odd) <= 0.1 * len(raw):  # numbers but for a few: probably broken lines, not classes
+            shown = ", ".join(f"line {n}: {x!r}" for n, x in odd[:8]) + (" ..." if len(odd) > 8 else "")
+            raise DataError(
+                f"{path}: the labels are numbers except on {len(odd)} line(s) ({shown}); fix those lines, or "
+                "say --task-type classification if the labels are really class names"
+            )
         if all(_INT_RE.fullmatch(x) for x in raw):
             task_type = "classification"
-        elif all(_is_number(x) for x in raw):
+        elif not odd:
             task_type = "regression"
         else:
             task_type = "classification"

@@ -3,6 +3,14 @@
     train(config)  =  set_up ─► restore (--resume) ─► run_epoch … ─► finish
                                      each optimizer step may evaluate_and_select and checkpoint
 
+Exact resume: the data order of an epoch is a function of (seed, epoch), and the global random
+generator (dropout) is reseeded before every micro-batch from (seed, epoch, micro-batch), so the
+state after step k never depends on what happened before it in this process: a run resumed from
+any checkpoint continues bitwise as the uninterrupted run would have. Ctrl-C (SIGINT) stops at the
+end of the optimizer step under way, writes the checkpoint and raises ``Stopped``; a second Ctrl-C
+stops at once (the last periodic checkpoint then stands). One process writes a run at a time
+(``lock.RunLock``).
+
 Built on Hugging Face Accelerate, so the same code runs on one CPU, one GPU, or many processes
 under ``torchrun`` / ``accelerate launch`` (distributed data parallel). AdamW, linear schedule
 with warm-up, gradient accumulation and clipping; evaluation every K steps and/or per epoch; the
@@ -14,7 +22,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +36,13 @@ from torch.utils.data import DataLoader
 from ..adapters.inject import ParameterCount, count_parameters
 from ..adapters.io import save_adapter
 from ..models import resolve_model
-from .checkpoint import Progress, restore_checkpoint, save_checkpoint
+from .checkpoint import Progress, has_checkpoint, restore_checkpoint, save_checkpoint
+from .lock import RunLock
 from .evaluation import evaluate, evaluate_run, make_eval_loaders, score_of  # noqa: F401 (evaluate_run re-exported)
 from .losses import causal_lm_loss, training_loss  # noqa: F401 (causal_lm_loss re-exported)
 from .pipeline import TaskData, build_model, load_task_data, load_tokenizer
 from .run import (
     ADAPTER_DIR,
-    CHECKPOINT,
     METRICS,
     MODEL_DIR,
     RunConfig,
@@ -47,6 +57,19 @@ from .run import (
 
 class Interrupted(Exception):
     """Raised by ``train(..., interrupt_after=K)``: a stand-in for a killed run, used by tests."""
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C during training: the checkpoint of the last completed step is written (``checkpoint``)."""
+
+    def __init__(self, run: Path, step: int) -> None:
+        super().__init__(f"stopped after step {step}")
+        self.run, self.step = run, step
+
+
+def seed_step(seed: int, epoch: int, micro_batch: int) -> None:
+    """Reseed the global generator (dropout) from the position in the data alone (module doc)."""
+    torch.manual_seed(zlib.crc32(f"{seed}:{epoch}:{micro_batch}".encode()))
 
 
 def make_accelerator(config: RunConfig):
@@ -99,6 +122,7 @@ class Session:
     bar: Any = None
     running_loss: float = 0.0
     running_count: int = 0
+    stop_requested: bool = False  # set by the first Ctrl-C
 
     @property
     def main(self) -> bool:
@@ -145,8 +169,8 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
 
 
 def restore(s: Session) -> None:
-    """Continue from ``RUN/checkpoint.pt``: trainable tensors, optimizer, schedule, position, random states."""
-    if not (s.run / CHECKPOINT).is_file():
+    """Continue from ``RUN/checkpoint/``: trainable tensors, Ω, optimizer, schedule, position."""
+    if not has_checkpoint(s.run):
         return
     s.progress = restore_checkpoint(s.run, s.unwrapped, s.optimizer, s.scheduler)
     if s.main:
@@ -222,11 +246,20 @@ def optimizer_step(s: Session, batch: dict) -> float:
     return loss.item()
 
 
+def stop_requested(s: Session) -> bool:
+    """Whether a Ctrl-C asked to stop, agreed by every process (all stop after the same step)."""
+    if s.accelerator.num_processes == 1:
+        return s.stop_requested
+    flag = torch.tensor(float(s.stop_requested), device=s.accelerator.device)
+    return bool(s.accelerator.reduce(flag, "max").item())
+
+
 def run_epoch(s: Session, interrupt_after: int | None) -> None:
     """One pass over this epoch's remaining batches, or until the planned number of steps."""
     config, progress = s.config, s.progress
     tick = time.perf_counter()
     for batch in epoch_loader(s):
+        seed_step(config.seed, progress.epoch, progress.batches_in_epoch)
         loss = optimizer_step(s, batch)
         progress.batches_in_epoch += 1
         progress.examples_seen += len(batch["labels"]) * s.accelerator.num_processes
@@ -250,6 +283,10 @@ def run_epoch(s: Session, interrupt_after: int | None) -> None:
             checkpoint(s)
         if interrupt_after is not None and progress.step >= interrupt_after:
             raise Interrupted(f"stopped after step {progress.step}")
+        if stop_requested(s):
+            if progress.last_eval_step != progress.step:
+                checkpoint(s)
+            raise Stopped(s.run, progress.step)
         if progress.step >= s.total_steps:
             break
     # the epoch's data is used up, or the planned number of steps is reached
@@ -298,9 +335,30 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
           show_progress: bool = True, return_model: bool = False):
     """Run (or resume) a training run; returns the final metrics (also in RUN/metrics.json), and
     with ``return_model`` also this process's model as it ended training (not the kept one)."""
+    if not show_progress:  # transformers' own bars (loading weights) too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    resolve_run(config, resume, overwrite)  # read-only checks first: a refused run writes nothing at all
+    lock = _lock_run(config.out)
+    try:
+        s = set_up(config, resume, overwrite)
+        with _stop_on_ctrl_c(s):
+            metrics = _train(s, resume, interrupt_after, show_progress)
+    except BaseException:
+        if lock is not None and _only_lock_left(Path(config.out), lock):
+            lock.release()  # nothing was written: leave nothing behind
+            lock = None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    return (metrics, s.unwrapped) if return_model else metrics
+
+
+def _train(s: Session, resume: bool, interrupt_after: int | None, show_progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    s = set_up(config, resume, overwrite)
     if resume:
         restore(s)
     s.bar = tqdm(total=s.total_steps, initial=s.progress.step, disable=not (s.main and show_progress), desc="train",
@@ -309,15 +367,58 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
     try:
         while s.progress.epoch < math.ceil(s.config.epochs) and s.progress.step < s.total_steps:
             run_epoch(s, interrupt_after)
-    except KeyboardInterrupt:
-        checkpoint(s)  # the last completed optimizer step; --resume continues from it
+    finally:
         s.bar.close()
-        raise
-    s.bar.close()
     if s.total_steps == 0 and s.progress.last_eval_step != 0:
         evaluate_and_select(s, 0.0, None)
-    metrics = finish(s)
-    return (metrics, s.unwrapped) if return_model else metrics
+    return finish(s)
+
+
+def _lock_run(out: str) -> RunLock | None:
+    """The run directory's lock, taken by the main process before anything else (RUN created if needed)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return RunLock(out).acquire()
+
+
+def _only_lock_left(run: Path, lock: RunLock) -> bool:
+    """After a failure before anything was written: remove what the lock itself added; True if it did."""
+    from .lock import LOCK
+
+    if not run.is_dir() or any(p.name != LOCK for p in run.iterdir()):
+        return False
+    if lock.created_file:
+        (run / LOCK).unlink(missing_ok=True)
+    if lock.created:
+        try:
+            run.rmdir()
+        except OSError:
+            pass
+    return True
+
+
+class _stop_on_ctrl_c:
+    """While training: the first SIGINT asks the loop to stop after the current step; a second one
+    interrupts at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __init__(self, s: Session) -> None:
+        self.s, self.previous = s, None
+
+    def _handler(self, signum, frame) -> None:
+        if self.s.stop_requested:
+            raise KeyboardInterrupt
+        self.s.stop_requested = True
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def model_figures(model: nn.Module, config: RunConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from torch import nn
 from ..adapters.support import support_method
 from ..adapters.inject import add_dsee
 from ..adapters.io import load_adapter
+from ..files import existing_directory
 from ..models import load_sequence_classifier, resolve_model
 from .data import Collator, TextDataset, encode, load_glue, load_table
 from .metrics import main_metric
@@ -213,15 +214,14 @@ def load_trained_model(run: str | Path, config: RunConfig | None = None, labels:
     """
     run = Path(run)
     config = config or load_run_config(run)
+    name = MODEL_DIR if config.prune is not None or config.method == "full" else ADAPTER_DIR
+    saved = existing_directory(run / name)  # finishes a swap a crash interrupted
+    if saved is None:
+        raise FileNotFoundError(f"{run}: no kept checkpoint yet ({name}/)")
     if config.prune is not None:
         from ..sparsity.export import load_pretrained
 
-        if not (run / MODEL_DIR).is_dir():
-            raise FileNotFoundError(f"{run}: no kept checkpoint yet ({MODEL_DIR}/)")
-        return load_pretrained(run / MODEL_DIR)
-    saved = run / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
-    if not saved.is_dir():
-        raise FileNotFoundError(f"{run}: no kept checkpoint yet ({saved.name}/)")
+        return load_pretrained(saved)
     labels = labels if labels is not None else RunLabels.load(run)
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model(config.model))

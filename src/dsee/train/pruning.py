@@ -21,6 +21,7 @@ from torch import nn
 
 from ..adapters.config import dataclass_from_dict
 from ..arch import blocks
+from ..files import existing_directory
 from ..registry import Registry
 from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES, head_group_sizes, removal_plan
 from .settings import PruneSettings  # noqa: F401 (re-exported)
@@ -42,7 +43,7 @@ def check_source(source: str | Path):
     if config.method == "full":
         raise ValueError(f"{source} is a full fine-tuning run: pruning re-tunes DSEE adapters, so it needs a "
                          "dsee or lora run")
-    if not (source / ADAPTER_DIR).is_dir():
+    if existing_directory(source / ADAPTER_DIR) is None:
         raise FileNotFoundError(f"{source}: no kept adapter yet ({ADAPTER_DIR}/); let the run finish first")
     return config
 

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_directory, atomic_write_text  # noqa: F401 (atomic_directory re-exported)
+from .lock import LOCK
 from .settings import DEFAULT_LR, METHODS, RunConfig  # noqa: F401 (re-exported)
 
 RUN_CONFIG = "run_config.json"
 LABELS = "labels.json"
 METRICS = "metrics.json"
 EVAL_LOG = "eval_log.jsonl"
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint"  # a directory (train/checkpoint.py)
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 
@@ -70,33 +71,59 @@ def load_run_config(run: str | Path) -> RunConfig:
     return RunConfig.from_dict(json.loads(path.read_text()))
 
 
+def is_run_directory(path: Path) -> bool:
+    """A directory dsee made for a run (it has run_config.json), or an empty one."""
+    entries = [p for p in path.iterdir() if p.name != LOCK] if path.is_dir() else []
+    return not entries or (path / RUN_CONFIG).is_file()
+
+
+def check_out_apart(source: str | Path, out: str | Path) -> None:
+    """``out`` may not be the source run, inside it, or hold it: a command would destroy its own input."""
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    if src == dst or src in dst.parents or dst in src.parents:
+        raise ValueError(f"--out {out} would overwrite the source run {source} (the same directory, inside it or "
+                         "holding it): choose another --out")
+
+
 def resolve_run(config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
     """Check RUN before anything is written: the saved config of a run to resume, or ``config``.
 
-    A new run refuses a non-empty directory unless ``overwrite``; ``resume`` takes the saved
-    configuration (the flags given this time are not used) and needs a checkpoint.
+    A new run refuses a non-empty directory unless ``overwrite``, and ``overwrite`` only ever
+    replaces a dsee run directory; ``resume`` takes the saved configuration and needs a checkpoint.
     """
+    from .checkpoint import check_resumable
+
     run = Path(config.out)
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"--out {run} is a file, not a run directory")
+    if config.prune is not None:
+        check_out_apart(config.prune["source"], run)
     if resume:
         saved = load_run_config(run)
-        if not (run / CHECKPOINT).is_file():
-            raise FileNotFoundError(f"{run}: nothing to resume (no {CHECKPOINT})")
+        check_resumable(run)
         saved.out = config.out
         return saved
-    if run.exists() and any(run.iterdir()) and not overwrite:
+    busy = run.is_dir() and any(p.name != LOCK for p in run.iterdir())
+    if busy and not overwrite:
         raise FileExistsError(f"{run} exists and is not empty: use --resume to continue it or --overwrite")
+    if busy and not is_run_directory(run):
+        raise ValueError(f"{run} is not a dsee run directory (no {RUN_CONFIG}): --overwrite only replaces runs, "
+                         "choose another --out")
     return config
 
 
 def create_run_directory(config: RunConfig, overwrite: bool) -> None:
-    """Make RUN (emptied first with ``overwrite``) and write its run_config.json.
+    """Make RUN (its old contents removed with ``overwrite``, the lock kept) and write run_config.json.
 
-    Called after ``resolve_run`` has accepted RUN, so the emptiness check is not repeated here.
+    Called after ``resolve_run`` has accepted RUN, so its checks are not repeated here.
     """
     run = Path(config.out)
-    if overwrite and run.exists():
-        shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for entry in run.iterdir():
+            if entry.name == LOCK:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     save_json(run / RUN_CONFIG, config.to_dict())
 
 

