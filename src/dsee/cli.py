@@ -187,12 +187,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Latency of exported models side by side."""
-    from .evaluation.bench import devices, time_models
+    from .evaluation.bench import devices, semi_structured_candidates, semi_structured_copy, time_models
     from .sparsity.export import load_pretrained
 
     models = {path: load_pretrained(path) for path in [args.dir, *(args.vs or [])]}
+    two_of_four = [name for name, model in models.items() if semi_structured_candidates(model)]
+    if two_of_four and "cuda" not in devices():
+        print(f"2:4 sparse kernels: skipped for {', '.join(two_of_four)} (they need a CUDA GPU; on CPU the "
+              "weights run dense)")
+    elif two_of_four:
+        models.update({f"{name} [2:4 kernels]": semi_structured_copy(models[name]) for name in two_of_four})
     for device in devices():
-        for t in time_models(models, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds,
+        here = {n: m for n, m in models.items() if device == "cuda" or not n.endswith("[2:4 kernels]")}
+        for t in time_models(here, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds,
                              device=device):
             print(f"{t.device:5s} {t.name:40s} median {1000 * t.median_s:8.1f} ms (q1 {1000 * t.q1_s:.1f}, "
                   f"q3 {1000 * t.q3_s:.1f}) · {t.examples_per_s:7.1f} ex/s · ×{t.ratio_to_first:.3f} of the first")

@@ -1,6 +1,7 @@
 """Statistics of a model's linear weights gathered from a few batches of data.
 
     squared_gradients(model, names, batches)   Σ_k (∂L_k/∂W)² per weight: (d_out, d_in)  (RoSA's support)
+    input_norms(model, names, batches)         ‖X_j‖₂ per input column of each weight: (d_in,)  (Wanda's score)
 
 The model runs in eval mode (no dropout, so the statistic is a function of the data and the
 weights only), its trainable flags and ``.grad`` fields are restored afterwards, and nothing but
@@ -89,3 +90,48 @@ def squared_gradients(model: nn.Module, names: Sequence[str], batches: Iterable[
     if count == 0:
         raise ValueError("no calibration batches: the squared gradients need at least one")
     return {name: (s.t().contiguous() if _is_transposed(modules[name]) else s) for name, s in sums.items()}
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, names: Sequence[str], batches: Iterable[dict]) -> dict[str, torch.Tensor]:
+    """``{name: ‖X_j‖₂ over every token of every batch, (d_in,) float32}`` for the linear modules ``names``.
+
+    X is the module's input (Wanda, Sun et al. 2023: the norm of each input feature over the
+    calibration tokens). Padding positions are left out when a batch has an ``attention_mask`` of
+    the inputs' leading shape. Forward passes only, in eval mode; the model is not changed.
+    """
+    modules = {name: model.get_submodule(name) for name in names}
+    sums: dict[str, torch.Tensor] = {}
+    current_mask: list[torch.Tensor | None] = [None]
+
+    def accumulate(name: str):
+        def hook(module, args):
+            x = args[0].detach().float()  # (..., d_in)
+            squares = x.square()
+            mask = current_mask[0]
+            if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
+                squares = squares * mask.to(squares.dtype).unsqueeze(-1)
+            total = squares.reshape(-1, x.shape[-1]).sum(0)
+            sums[name] = total if name not in sums else sums[name] + total
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(accumulate(n)) for n, m in modules.items()]
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        for batch in batches:
+            current_mask[0] = batch.get("attention_mask")
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+            count += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no calibration batches: the input norms need at least one")
+    missing = [n for n in names if n not in sums]
+    if missing:
+        raise ValueError(f"the calibration batches never reached {missing[:3]}")
+    return {name: total.sqrt() for name, total in sums.items()}

@@ -72,6 +72,10 @@ class DSEEConfig:
         init: "zero" (B = 0, S = 0: the adapted model equals the base model at step 0) or
             "upstream" (the released code's N(0, 0.02²) start for B and S).
         seed: seeds A's initialisation and the "random" support.
+        keep_base_sparsity: the zeros of each adapted W0 become its prune mask M, so the layer
+            computes M ⊙ (W0 + ΔW) and ``merge_dsee`` keeps exactly those zeros (paper §3.2's
+            merged-and-masked form, for a model that arrives sparse: Wanda, SparseGPT, 2:4, or
+            ``dsee prune``). Ω is then chosen among the non-zero positions only.
     """
 
     rank: int = option(16, "r, the rank of B·A", group=ADAPTER)
@@ -90,6 +94,8 @@ class DSEEConfig:
                                                      "task head, e.g. classifier)", group=ADAPTER)
     init: str = option("zero", "start of B and S: zero, or upstream's N(0, 0.02²)", group=ADAPTER, choices=INIT_MODES)
     seed: int = option(0, "seeds A's initialisation and the random support", group=ADAPTER)
+    keep_base_sparsity: bool = option(False, "the zeros of each adapted pre-trained weight stay zero through "
+                                      "training and merging (a model pruned elsewhere)", group=ADAPTER)
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -124,6 +130,8 @@ class DSEEConfig:
             raise bad("init", f"unknown init; choose one of {', '.join(INIT_MODES)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
+        if not isinstance(self.keep_base_sparsity, bool):
+            raise bad("keep_base_sparsity", "must be true or false")
         object.__setattr__(self, "targets", _as_tuple(self.targets, "targets"))
         object.__setattr__(self, "modules_to_save", _as_tuple(self.modules_to_save, "modules_to_save"))
 

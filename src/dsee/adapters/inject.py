@@ -113,6 +113,7 @@ def inject(model: nn.Module, config: DSEEConfig, *, select_support: bool, batche
                 supports[t.name, slice_name] = compute_support(
                     w, config.sparse_count(*w.shape), config.sparse_method,
                     seed=module_seed(config.seed, t.name, slice_name), statistics=stats,
+                    allowed=(w != 0) if config.keep_base_sparsity else None,
                 )
 
     for p in model.parameters():
@@ -127,6 +128,10 @@ def inject(model: nn.Module, config: DSEEConfig, *, select_support: bool, batche
             delta.reset_parameters(config.init, generator)
             if select_support and (t.name, slice_name) in supports:
                 delta.sparse_indices.copy_(supports[t.name, slice_name])
+        if config.keep_base_sparsity:  # W0's zeros become the prune mask: M ⊙ (W0 + ΔW) keeps them
+            zeros = linear_weight(t.module) == 0
+            if zeros.any():
+                layer.prune_mask = ~zeros
         set_submodule(model, t.name, layer)
     for name in saved:
         for p in model.get_submodule(name).parameters():

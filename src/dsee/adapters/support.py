@@ -16,8 +16,9 @@ worth spending parameters. Ways to choose Ω, each registered by name in ``SUPPO
   Fisher estimate; RoSA's choice (Nikdan et al. 2024). The statistic comes from
   ``calibration.squared_gradients``; here it is only ranked.
 
-A method is a function ``(weight, N, generator, statistics, **options) -> indices``; adding one is
-a function with ``@register_support_method``. Everything here is pure tensor code: deterministic
+A method is a function ``(weight, generator, statistics, **options) -> scores`` (m, n), higher
+chosen first; ``compute_support`` keeps the N highest (ties: the lower index). Adding one is a
+function with ``@register_support_method``. Everything here is pure tensor code: deterministic
 given the seed, on the weight's device.
 """
 
@@ -31,7 +32,7 @@ from ..registry import Entry, Registry
 
 
 SUPPORT_METHODS = Registry("sparse_method")
-# ``fn(weight (m, n) float32, num_sparse, generator, statistics, **options) -> (N,) indices``;
+# ``fn(weight (m, n) float32, generator, statistics, **options) -> (m, n) scores``, the N highest kept;
 # ``needs``: the statistics from data a method reads (e.g. ("grad_sq",))
 register_support_method = SUPPORT_METHODS.register
 
@@ -47,6 +48,7 @@ def compute_support(
     seed: int = 0,
     *,
     statistics: Mapping[str, torch.Tensor] | None = None,
+    allowed: torch.Tensor | None = None,
     **options,
 ) -> torch.Tensor:
     """Return exactly ``num_sparse`` distinct flat (row-major) indices into ``weight``, ascending.
@@ -57,6 +59,8 @@ def compute_support(
         method: a name registered in ``SUPPORT_METHODS`` (see the module docstring).
         seed: seeds the random sketches (grebsmo, upstream) and the random support.
         statistics: what a data-aware method reads, each (m, n): ``grad_sq`` for "gradient".
+        allowed: an optional bool (m, n) mask: Ω is chosen among its True positions only (the
+            non-zeros of a pruned W0, whose other entries a prune mask zeroes anyway).
         options: method options, e.g. ``rank`` (GreBsmo's target rank; default ``default_rank``).
 
     Returns:
@@ -85,43 +89,52 @@ def compute_support(
     if not torch.isfinite(w).all():
         raise ValueError("compute_support: the weight holds NaN or infinite values")
     generator = torch.Generator(device=w.device).manual_seed(seed)
-    return chosen.fn(w, num_sparse, generator, statistics, **options)
+    score = chosen.fn(w, generator, statistics, **options)  # (m, n): higher is chosen first
+    if allowed is not None:
+        allowed = allowed.to(w.device).reshape(w.shape)
+        if num_sparse > int(allowed.sum()):
+            raise ValueError(f"num_sparse={num_sparse} exceeds the {int(allowed.sum())} positions allowed")
+        score = torch.where(allowed, score, torch.tensor(-float("inf"), device=w.device))
+    return top_n_indices(score, num_sparse)
 
 
 # |W0 - L| orders entries exactly as |S'| does wherever S' is non-zero (both thresholds are
 # monotone in |W0 - L|), and still ranks the rest when fewer than N entries survive.
 @register_support_method("grebsmo")
-def _grebsmo_support(w, num_sparse, generator, statistics, rank: int | None = None):
+def _grebsmo_support(w, generator, statistics, rank: int | None = None):
     """W0 ≈ L + S' by GreBsmo, the N largest |S'| (paper §3.1; the default)."""
-    return top_n_indices((w - grebsmo(w, rank or default_rank(w.shape), generator=generator)).abs(), num_sparse)
+    return (w - grebsmo(w, rank or default_rank(w.shape), generator=generator)).abs()
 
 
 @register_support_method("upstream")
-def _upstream_support(w, num_sparse, generator, statistics):
+def _upstream_support(w, generator, statistics):
     """The released code's decomposition (100 rounds, hard threshold 0.01), exactly N positions."""
-    return top_n_indices((w - upstream_low_rank(w, generator=generator)).abs(), num_sparse)
+    return (w - upstream_low_rank(w, generator=generator)).abs()
 
 
 @register_support_method("magnitude")
-def _magnitude_support(w, num_sparse, generator, statistics):
+def _magnitude_support(w, generator, statistics):
     """The N largest |W0| (a paper ablation)."""
-    return top_n_indices(w.abs(), num_sparse)
+    return w.abs()
 
 
 @register_support_method("random")
-def _random_support(w, num_sparse, generator, statistics):
-    """N positions uniformly at random (a paper ablation)."""
-    return torch.randperm(w.numel(), generator=generator, device=w.device)[:num_sparse].sort().values
+def _random_support(w, generator, statistics):
+    """N positions uniformly at random (a paper ablation): the first N of a seeded permutation."""
+    order = torch.randperm(w.numel(), generator=generator, device=w.device)
+    score = torch.empty(w.numel(), device=w.device)
+    score[order] = torch.arange(w.numel(), 0, -1, device=w.device, dtype=score.dtype)
+    return score.view(w.shape)
 
 
 @register_support_method("gradient", needs=("grad_sq",))
-def _gradient_support(w, num_sparse, generator, statistics):
+def _gradient_support(w, generator, statistics):
     """The N largest summed squared gradients of the training loss w.r.t. W0 (RoSA; needs data)."""
     grad_sq = statistics["grad_sq"].to(w.device).float()
     if not torch.isfinite(grad_sq).all():
         raise ValueError("sparse_method 'gradient': the squared gradients hold NaN or infinite values "
                          "(a diverged loss on the support batches?)")
-    return top_n_indices(grad_sq, num_sparse)
+    return grad_sq
 
 
 def top_n_indices(score: torch.Tensor, n: int) -> torch.Tensor:

@@ -70,3 +70,40 @@ def time_models(models: dict[str, nn.Module], *, batch_size: int = 32, seq_len: 
 
 def devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def semi_structured_candidates(model: nn.Module) -> list[str]:
+    """The prunable linear weights of ``model`` that hold a 2:4 pattern (every 4 consecutive inputs of
+    a row have at most 2 non-zeros): what ``to_sparse_semi_structured`` can run with sparse kernels."""
+    from ..sparsity.unstructured import pattern_violations, prunable_modules
+
+    try:
+        names = prunable_modules(model)
+    except ValueError:  # a model type without a block layout
+        return []
+    out = []
+    for name in names:
+        module = model.get_submodule(name)
+        if not isinstance(module, nn.Linear):  # GPT-2's Conv1D stores (in, out): the kernel wants Linear
+            continue
+        weight = module.weight.detach()
+        if (weight == 0).any() and pattern_violations(weight, 2, 4) == 0:
+            out.append(name)
+    return out
+
+
+def semi_structured_copy(model: nn.Module, dtype: torch.dtype = torch.float16) -> nn.Module:
+    """A CUDA copy of ``model`` whose 2:4 weights are ``torch.sparse.SparseSemiStructuredTensor``s
+    (NVIDIA's sparse tensor cores). Raises RuntimeError without CUDA: there is no such kernel on CPU."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("2:4 semi-structured sparse kernels need a CUDA GPU (Ampere or newer)")
+    import copy
+
+    from torch.sparse import to_sparse_semi_structured
+
+    names = semi_structured_candidates(model)
+    clone = copy.deepcopy(model).to("cuda", dtype).eval()
+    for name in names:
+        module = clone.get_submodule(name)
+        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+    return clone

@@ -2,7 +2,8 @@
 
     checkpoint/
       tensors.safetensors   trainable tensors ("model.<name>"), the adapters' support Ω
-                            ("buffer.<name>"), optimizer state ("optimizer.<i>.<key>")
+                            ("buffer.<name>"), optimizer state ("optimizer.<i>.<key>"), and for a
+                            pruned run the masks of the pruned weights ("mask.<module>")
       state.json            optimizer hyper-parameters, schedule, ``Progress``
 
 Nothing in it is a pickle: safetensors and JSON cannot run code when read, whoever wrote the file.
@@ -74,9 +75,12 @@ def _optimizer_payload(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, An
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save_checkpoint(run: Path, model: nn.Module, optimizer, scheduler, progress: Progress) -> None:
-    """Write ``RUN/checkpoint/`` (replacing the previous one whole)."""
+def save_checkpoint(run: Path, model: nn.Module, optimizer, scheduler, progress: Progress,
+                    masks: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``RUN/checkpoint/`` (replacing the previous one whole). ``masks``: the prune masks of a
+    pruned run (gradual pruning changes them as it goes; restoring re-applies them to W0)."""
     tensors = {f"model.{n}": t.contiguous().cpu() for n, t in trainable_state(model).items()}
+    tensors.update({f"mask.{n}": m.contiguous().cpu() for n, m in (masks or {}).items()})
     tensors.update({f"buffer.{n}": b.detach().contiguous().cpu() for n, b in _support_buffers(model).items()})
     optimizer_tensors, optimizer_json = _optimizer_payload(optimizer)
     tensors.update(optimizer_tensors)
@@ -159,6 +163,11 @@ def restore_checkpoint(run: Path, model: nn.Module, optimizer, scheduler) -> Pro
                 params[name].copy_(value)
             elif kind == "buffer":
                 buffers[name].copy_(value)
+    masks = {key.partition(".")[2]: value for key, value in tensors.items() if key.startswith("mask.")}
+    if masks:
+        from ..sparsity.unstructured import apply_masks_
+
+        apply_masks_(model, masks)
     _load_optimizer(optimizer, tensors, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     progress = dict(state["progress"])

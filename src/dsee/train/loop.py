@@ -123,6 +123,7 @@ class Session:
     running_loss: float = 0.0
     running_count: int = 0
     stop_requested: bool = False  # set by the first Ctrl-C
+    pruner: Any = None  # a GradualPruner for ``dsee prune --schedule gradual``
 
     @property
     def main(self) -> bool:
@@ -163,9 +164,26 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     total_steps = 0 if config.epochs == 0 else max(1, math.ceil(steps_per_epoch * config.epochs))
     # the scheduler is stepped once per optimizer step on every process, so it is not prepared
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    return Session(config, run, accelerator, data, model, accelerator.unwrap_model(model), optimizer, scheduler,
-                   trainable, train_examples, data.collator(tokenizer), eval_loaders, per_process, total_steps,
-                   count, wall_start)
+    s = Session(config, run, accelerator, data, model, accelerator.unwrap_model(model), optimizer, scheduler,
+                trainable, train_examples, data.collator(tokenizer), eval_loaders, per_process, total_steps,
+                count, wall_start)
+    s.pruner = gradual_pruner(config, data, tokenizer, total_steps)
+    return s
+
+
+def gradual_pruner(config: RunConfig, data: TaskData, tokenizer, total_steps: int):
+    """The pruner of a ``--schedule gradual`` pruned run, else None."""
+    if config.prune is None:
+        return None
+    from .pipeline import calibration_batches_of
+    from .pruning import GradualPruner, PruneSettings
+
+    settings = PruneSettings.from_dict(config.prune)
+    if settings.schedule != "gradual":
+        return None
+    if total_steps == 0:
+        raise ValueError("--schedule gradual prunes during re-tuning: give --retune-epochs > 0")
+    return GradualPruner(settings, total_steps, calibration_batches_of(settings, data, tokenizer, config))
 
 
 def restore(s: Session) -> None:
@@ -179,7 +197,12 @@ def restore(s: Session) -> None:
 
 def checkpoint(s: Session) -> None:
     if s.main:
-        save_checkpoint(s.run, s.unwrapped, s.optimizer, s.scheduler, s.progress)
+        masks = None
+        if s.config.prune is not None and (s.config.prune.get("sparsity") or s.config.prune.get("pattern")):
+            from ..sparsity.unstructured import current_masks
+
+            masks = current_masks(s.unwrapped)
+        save_checkpoint(s.run, s.unwrapped, s.optimizer, s.scheduler, s.progress, masks)
 
 
 def save_best(s: Session) -> None:
@@ -208,7 +231,8 @@ def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None
     s.model.train()
     selection = results[data.selection_split]
     progress.last_eval_step = progress.step
-    improved = score_of(selection, data.main_metric) > progress.best_score
+    selectable = s.pruner is None or s.pruner.selectable(progress.step)  # at the target sparsity
+    improved = selectable and score_of(selection, data.main_metric) > progress.best_score
     if improved:
         progress.best_score = score_of(selection, data.main_metric)
         progress.best_step = progress.step
@@ -269,6 +293,8 @@ def run_epoch(s: Session, interrupt_after: int | None) -> None:
             continue
         s.scheduler.step()
         progress.step += 1
+        if s.pruner is not None:
+            s.pruner.after_step(s.unwrapped, progress.step)
         now = time.perf_counter()
         progress.train_seconds += now - tick
         tick = now

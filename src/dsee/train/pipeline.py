@@ -198,11 +198,19 @@ def build_pruned_model(config: RunConfig, data: TaskData, tokenizer=None) -> nn.
         raise ValueError(f"{settings.source} was trained on {source_config.task or source_config.train_file}, "
                          f"not on {config.task or config.train_file}")
     model = load_trained_model(settings.source, source_config, data, tokenizer)
-    batches = None
-    if settings.needs_batches:
-        batches = importance_batches(data, tokenizer, config, settings.importance_batches)
-    prune_model_(model, settings, batches)
+    batches = importance_batches(data, tokenizer, config, settings.importance_batches) \
+        if settings.needs_batches else None
+    prune_model_(model, settings, batches, calibration_batches_of(settings, data, tokenizer, config))
     return model.train()
+
+
+def calibration_batches_of(settings, data: TaskData, tokenizer, config: RunConfig) -> list[dict] | None:
+    """What a calibration score (wanda) reads: the first ``calibration_batches`` of a seeded order."""
+    if not settings.needs_calibration:
+        return None
+    from .support import calibration_batches
+
+    return calibration_batches(data, tokenizer, config, settings.calibration_batches, cycle=False)
 
 
 def load_trained_model(run: str | Path, config: RunConfig | None = None, labels: RunLabels | TaskData | None = None,

@@ -25,7 +25,7 @@ from ..files import existing_directory
 from ..registry import Registry
 from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES, head_group_sizes, removal_plan
 from .settings import PruneSettings  # noqa: F401 (re-exported)
-from ..sparsity.unstructured import SCOPES, SCORES, apply_masks_, sparsity_report, unstructured_masks
+from ..sparsity.unstructured import apply_masks_, current_masks, sparsity_report, unstructured_masks
 from ..sparsity.structure import remove_heads_, remove_neurons_, structure_plan
 
 
@@ -62,11 +62,13 @@ def _unit_scores(registry: Registry, name: str, model: nn.Module, batches, cache
     return entry.fn(model, batches, cache)
 
 
-def prune_model_(model: nn.Module, settings: PruneSettings, batches=None) -> dict[str, Any]:
+def prune_model_(model: nn.Module, settings: PruneSettings, batches=None, calibration=None) -> dict[str, Any]:
     """Apply ``settings`` to a trained DSEE model in place; returns what was removed.
 
     Structured removal first (heads, then FFN neurons, both scored on the model before any
-    removal), then unstructured masks on what is left.
+    removal), then one-shot unstructured masks on what is left (a gradual schedule prunes during
+    re-tuning instead: ``GradualPruner``). ``batches`` feed importance scores, ``calibration`` a
+    calibration score (wanda).
     """
     removed: dict[str, Any] = {}
     if settings.structured:
@@ -81,11 +83,46 @@ def prune_model_(model: nn.Module, settings: PruneSettings, batches=None) -> dic
             plan = removal_plan(neuron_scores, settings.ffn, per_layer=settings.per_layer, what="FFN neurons")
             remove_neurons_(model, plan)
         removed = structure_plan(model)
-    if settings.sparsity:
+    if settings.unstructured and settings.schedule == "oneshot":
         masks = unstructured_masks(model, settings.sparsity, score=settings.score, scope=settings.scope,
-                                   adapted_sparsity=settings.adapted_sparsity)
+                                   adapted_sparsity=settings.adapted_sparsity, pattern=settings.pattern,
+                                   batches=calibration)
         apply_masks_(model, masks)
     return removed
+
+
+class GradualPruner:
+    """Gradual magnitude pruning during re-tuning (Zhu & Gupta 2017), for any score:
+
+        s_t = s_f · (1 − (1 − t/T)³),   T = gradual_fraction · the re-tuning steps
+
+    The masks are recomputed with the chosen score every ``prune_every`` steps and at T (entries
+    pruned earlier stay pruned), then frozen. Until T the model is not yet at its sparsity, so the
+    training loop keeps no checkpoint as the best before it (``selectable``).
+    """
+
+    def __init__(self, settings: PruneSettings, total_steps: int, calibration=None) -> None:
+        self.settings = settings
+        self.ramp = max(1, round(settings.gradual_fraction * total_steps))
+        self.calibration = calibration
+
+    def sparsity_at(self, step: int) -> float:
+        t = min(step, self.ramp) / self.ramp
+        return self.settings.sparsity * (1 - (1 - t) ** 3)
+
+    def selectable(self, step: int) -> bool:
+        return step >= self.ramp
+
+    def after_step(self, model: nn.Module, step: int) -> bool:
+        """Update the masks if ``step`` is a pruning step; True if it was."""
+        if step > self.ramp or (step % self.settings.prune_every and step != self.ramp):
+            return False
+        s = self.settings
+        masks = unstructured_masks(model, self.sparsity_at(step), score=s.score, scope=s.scope,
+                                   adapted_sparsity=s.adapted_sparsity, batches=self.calibration,
+                                   current=current_masks(model))
+        apply_masks_(model, masks)
+        return True
 
 
 def pruning_summary(model: nn.Module, settings: PruneSettings) -> dict[str, Any]:
@@ -93,7 +130,9 @@ def pruning_summary(model: nn.Module, settings: PruneSettings) -> dict[str, Any]
     summary: dict[str, Any] = {"settings": settings.to_dict(), "structure": structure_plan(model)}
     summary["heads_per_layer"] = [b.num_heads for b in blocks(model)]
     summary["ffn_per_layer"] = [b.ffn_size for b in blocks(model)]
-    report = sparsity_report(model)
+    report = sparsity_report(model, settings.pattern)
     summary["sparsity"] = report["overall"]
     summary["sparsity_per_matrix"] = report["per_matrix"]
+    if "pattern" in report:
+        summary["pattern"] = report["pattern"]
     return summary

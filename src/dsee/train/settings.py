@@ -16,7 +16,7 @@ from typing import Any
 from ..adapters.config import DSEEConfig, dataclass_from_dict
 from ..options import option
 from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES
-from ..sparsity.unstructured import SCOPES, SCORES
+from ..sparsity.unstructured import SCOPES, SCORES, parse_pattern
 
 METHODS = ("dsee", "lora", "full")
 # adapters: the rate the GLUE search chose on 4 of 5 tasks (all-MiniLM-L6-v2, r = 16, α = 32, batch 32);
@@ -170,6 +170,7 @@ class RunConfig:
 
 UNSTRUCTURED = "unstructured (masks on the blocks' linear weights)"
 STRUCTURED = "structured (attention heads and FFN neurons, removed physically)"
+SCHEDULES = ("oneshot", "gradual")
 
 
 @dataclass
@@ -179,11 +180,21 @@ class PruneSettings:
     source: str = option(help="the trained run directory", flag="run")
     sparsity: float | None = option(None, "fraction of zeros in the blocks' linear weights, in [0, 1)",
                                     group=UNSTRUCTURED)
-    scope: str = option("global", "rank all matrices together (global) or each alone (layer)", group=UNSTRUCTURED,
-                        choices=SCOPES)
+    scope: str = option("global", "rank all matrices together (global), each alone (layer) or each output row "
+                        "alone (row, Wanda's grouping)", group=UNSTRUCTURED, choices=SCOPES)
     score: str = option("weight", "what ranks the weights", group=UNSTRUCTURED, choices=SCORES.names)
     adapted_sparsity: float | None = option(None, "upstream: the ratio for query/value (ranked by |ΔW|); "
                                             "default --sparsity", group=UNSTRUCTURED)
+    pattern: str | None = option(None, "N:M semi-structured sparsity, e.g. 2:4: at most N of every M consecutive "
+                                 "input weights kept (instead of --sparsity)", group=UNSTRUCTURED)
+    schedule: str = option("oneshot", "oneshot: prune, then re-tune; gradual: the sparsity rises on a cubic "
+                           "schedule during re-tuning (Zhu & Gupta 2017)", group=UNSTRUCTURED, choices=SCHEDULES)
+    gradual_fraction: float = option(0.6, "gradual: the share of the re-tuning steps over which the sparsity "
+                                     "rises to its target (then the masks are frozen)", group=UNSTRUCTURED)
+    prune_every: int = option(10, "gradual: recompute the masks every k optimizer steps", group=UNSTRUCTURED,
+                              positive=True)
+    calibration_batches: int = option(8, "training batches a calibration score reads (wanda)", group=UNSTRUCTURED,
+                                      positive=True)
     heads: float | None = option(None, "fraction of attention heads to remove", group=STRUCTURED)
     ffn: float | None = option(None, "fraction of FFN neurons to remove", group=STRUCTURED)
     head_score: str = option("delta", "what ranks the heads", group=STRUCTURED, choices=HEAD_SCORES.names)
@@ -198,20 +209,47 @@ class PruneSettings:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:  # NaN fails this too
                 raise ValueError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
-        if self.sparsity is None and self.heads is None and self.ffn is None:
-            raise ValueError("nothing to prune: give --sparsity (unstructured) and/or --heads / --ffn (structured)")
+        if self.sparsity is None and self.pattern is None and self.heads is None and self.ffn is None:
+            raise ValueError("nothing to prune: give --sparsity or --pattern (unstructured) and/or --heads / --ffn "
+                             "(structured)")
         if self.score not in SCORES:
             raise ValueError(f"--score {self.score}: choose one of {', '.join(SCORES)}")
         if self.scope not in SCOPES:
-            raise ValueError(f"--scope {self.scope}: choose global or layer")
+            raise ValueError(f"--scope {self.scope}: choose one of {', '.join(SCOPES)}")
         if self.adapted_sparsity is not None and not SCORES.get(self.score).options.get("own_ratio"):
             raise ValueError("--adapted-sparsity is the upstream recipe's ratio for query/value: use --score upstream")
+        self._check_pattern_and_schedule()
         if self.head_score not in HEAD_SCORES:
             raise ValueError(f"--head-score {self.head_score}: choose one of {', '.join(HEAD_SCORES)}")
         if self.ffn_score not in NEURON_SCORES:
             raise ValueError(f"--ffn-score {self.ffn_score}: choose one of {', '.join(NEURON_SCORES)}")
-        if self.importance_batches < 1:
-            raise ValueError("--importance-batches must be >= 1")
+        for name in ("importance_batches", "calibration_batches", "prune_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+
+    def _check_pattern_and_schedule(self) -> None:
+        if self.pattern is not None:
+            n, m = parse_pattern(self.pattern)
+            self.pattern = f"{n}:{m}"
+            if self.sparsity is not None and abs(self.sparsity - (1 - n / m)) > 1e-9:
+                raise ValueError(f"--pattern {self.pattern} removes {1 - n / m:.0%} of the weights; --sparsity "
+                                 f"{self.sparsity} says otherwise (give one of them)")
+            if SCORES.get(self.score).options.get("own_ratio"):
+                raise ValueError(f"--pattern sets one ratio for every matrix: it does not go with --score {self.score}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule {self.schedule}: choose one of {', '.join(SCHEDULES)}")
+        if self.schedule == "gradual":
+            if not self.sparsity:
+                raise ValueError("--schedule gradual raises an unstructured --sparsity during re-tuning: give one "
+                                 "(an N:M pattern is applied one-shot)")
+            if self.pattern is not None:
+                raise ValueError("--schedule gradual with --pattern: an N:M pattern is applied one-shot")
+            if not 0 < self.gradual_fraction <= 1:
+                raise ValueError(f"--gradual-fraction {self.gradual_fraction}: must be in (0, 1]")
+
+    @property
+    def unstructured(self) -> bool:
+        return bool(self.sparsity) or self.pattern is not None
 
     @property
     def structured(self) -> bool:
@@ -222,6 +260,11 @@ class PruneSettings:
         """True when a chosen head or neuron score reads training batches."""
         return bool(self.heads and HEAD_SCORES.get(self.head_score).needs_data) or bool(
             self.ffn and NEURON_SCORES.get(self.ffn_score).needs_data)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when the unstructured score reads calibration batches (wanda)."""
+        return self.unstructured and SCORES.get(self.score).needs_data
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
