@@ -47,7 +47,17 @@ VARIANTS = {
     "unstructured50 weight": dict(sparsity=0.5, score="weight"),
     "unstructured50 delta": dict(sparsity=0.5, score="delta"),
     "unstructured50 weight+delta": dict(sparsity=0.5, score="weight+delta"),
+    # activation-aware, gradual and N:M (Wanda: Sun et al. 2023; gradual: Zhu & Gupta 2017)
+    "unstructured50 wanda": dict(sparsity=0.5, score="wanda", scope="row"),
+    "unstructured50 weight gradual": dict(sparsity=0.5, score="weight", schedule="gradual"),
+    "unstructured50 wanda gradual": dict(sparsity=0.5, score="wanda", scope="row", schedule="gradual"),
+    "2:4 weight": dict(pattern="2:4", score="weight"),
+    "2:4 wanda": dict(pattern="2:4", score="wanda"),
 }
+# the 50% variants whose best (by average Δ over tasks and seeds) is also run at 70%
+FIFTY = ("unstructured50 weight", "unstructured50 wanda", "unstructured50 weight gradual",
+         "unstructured50 wanda gradual")
+DEFAULT_VARIANTS = ("retune only",) + FIFTY + ("2:4 weight", "2:4 wanda")
 TASK_LABEL = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "sst2": "SST-2", "cola": "CoLA"}
 
 
@@ -56,10 +66,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", default="runs/prune")
     p.add_argument("--glue-out", default="runs/glue", help="the GLUE experiment's run folder (source runs)")
-    p.add_argument("--glue-precision", default="bf16", help="the GLUE experiment's --mixed-precision")
-    p.add_argument("--tasks", default="rte,mrpc,stsb,sst2")
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--glue-precision", default="no",
+                   help="--mixed-precision of the sources (the GLUE experiment's runs, and the ones made here); bf16 "
+                        "only on CPUs with native bf16")
+    p.add_argument("--tasks", default="stsb,mrpc,sst2,rte")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    p.add_argument("--no-best-at-70", dest="best_at_70", action="store_false",
+                   help="do not run the best 50%% method again at 70%%")
     p.add_argument("--source-lrs", type=lambda t: [float(x) for x in t.split(",")], default=None,
                    help="the GLUE experiment's DSEE rates a source may come from (default: every rate it ran); "
                         "pins the sources when that experiment later tries more rates")
@@ -99,8 +113,8 @@ def source_run(args, task: str, seed: int) -> Path | None:
     if found is not None:
         return found
     path = Path(args.out) / task / "source" / f"seed{seed}"
-    if (path / METRICS).is_file() or args.report_only:
-        return path if (path / METRICS).is_file() else None
+    if (path / METRICS).is_file() or args.report_only:  # a report reads the records, keyed by this path
+        return path
     config = RunConfig(out=str(path), task=task, data_dir=args.data_dir, method="dsee", adapter=dict(DSEE, seed=seed),
                        lr=args.source_lr, epochs=args.epochs, seed=seed, max_train_samples=args.max_train_samples,
                        mixed_precision=args.glue_precision)
@@ -117,14 +131,22 @@ def finished_runs(path: Path) -> list[dict]:
 def summary(metrics: dict) -> dict:
     pruning = metrics.get("pruning") or {}
     return {"score": metrics["score"], "main_metric": metrics["main_metric"], "flops": metrics["flops"]["total"],
-            "sparsity": pruning.get("sparsity", 0.0), "heads_per_layer": pruning.get("heads_per_layer"),
+            "sparsity": pruning.get("sparsity", 0.0), "pattern": pruning.get("pattern"),
+            "heads_per_layer": pruning.get("heads_per_layer"),
             "ffn_per_layer": pruning.get("ffn_per_layer"), "wall_seconds": metrics["wall_seconds"],
             "trainable_parameters": metrics["trainable_parameters"]}
 
 
+def variant_settings(name: str) -> dict:
+    """A variant's PruneSettings fields; "unstructured70 <method>" is a 50% variant at 70%."""
+    if name.startswith("unstructured70 "):
+        return dict(VARIANTS[name.replace("unstructured70", "unstructured50", 1)], sparsity=0.7)
+    return VARIANTS[name]
+
+
 def run_variant(args, task, seed, name, source: Path, finished: list[dict]) -> dict | None:
     key = {"task": task, "seed": seed, "variant": name, "source": str(source), "retune_epochs": args.retune_epochs,
-           "settings": VARIANTS[name]}
+           "settings": variant_settings(name)}
     for done in finished:
         if done["key"] == key:
             return done
@@ -133,7 +155,7 @@ def run_variant(args, task, seed, name, source: Path, finished: list[dict]) -> d
     path = Path(args.out) / task / name.replace(" ", "_").replace("+", "_") / f"seed{seed}"
     if not (path / METRICS).is_file():
         config = dataclasses.replace(load_run_config(source), out=str(path), epochs=args.retune_epochs,
-                                     prune=dict(VARIANTS[name], source=str(source)))
+                                     prune=dict(variant_settings(name), source=str(source)))
         resume = has_checkpoint(path)
         print(f"\n=== {task} {name} seed={seed}", flush=True)
         train(config, resume=resume, overwrite=not resume)
@@ -144,63 +166,120 @@ def run_variant(args, task, seed, name, source: Path, finished: list[dict]) -> d
     return entry
 
 
+def average_deltas(entries: list[dict], tasks: list[str], variant: str) -> dict[int, float]:
+    """{seed: mean over the tasks of (variant − source) ×100}, for the seeds finished on every task."""
+    by_seed: dict[int, dict[str, float]] = {}
+    for e in entries:
+        if e["key"]["variant"] == variant:
+            by_seed.setdefault(e["key"]["seed"], {})[e["key"]["task"]] = 100 * (e["metrics"]["score"] - e["source"]["score"])
+    return {seed: statistics.mean(d[t] for t in tasks) for seed, d in by_seed.items() if all(t in d for t in tasks)}
+
+
+BARS = {"unstructured50": 1.0, "2:4": 2.0}  # the issue's bars: within 1.0 (50%) and 2.0 (2:4) points
+
+
 def table(entries: list[dict], tasks: list[str], variants: list[str]) -> str:
-    """Mean over seeds of (variant − unpruned source) per task, the average, and FLOPs vs unpruned."""
-    lines = ["| variant | FLOPs | sparsity | " + " | ".join(TASK_LABEL.get(t, t) for t in tasks) + " | average Δ |",
-             "|" + "---|" * (len(tasks) + 4)]
+    """Mean over seeds of (variant − unpruned source) per task, the average (± std over seeds), FLOPs."""
+    lines = ["| variant | FLOPs | sparsity | " + " | ".join(TASK_LABEL.get(t, t) for t in tasks)
+             + " | average Δ (± std over seeds) | bar |", "|" + "---|" * (len(tasks) + 5)]
     source_cells = []
     for t in tasks:
         scores = [100 * e["source"]["score"] for e in entries if e["key"]["task"] == t]
         source_cells.append(f"{statistics.mean(scores):.1f}" if scores else "–")
-    lines.append("| unpruned DSEE | 100% | 0% | " + " | ".join(source_cells) + " | – |")
+    lines.append("| unpruned DSEE | 100% | 0% | " + " | ".join(source_cells) + " | – | |")
     for v in variants:
         mine = [e for e in entries if e["key"]["variant"] == v]
         if not mine:
             continue
-        cells, deltas = [], []
+        cells = []
         for t in tasks:
             d = [100 * (e["metrics"]["score"] - e["source"]["score"]) for e in mine if e["key"]["task"] == t]
-            if d:
-                deltas.append(statistics.mean(d))
-                cells.append(f"{statistics.mean(d):+.1f}")
-            else:
-                cells.append("–")
+            cells.append(f"{statistics.mean(d):+.1f}" if d else "–")
         flops = statistics.mean(e["metrics"]["flops"] / e["source"]["flops"] for e in mine)
         sparsity = statistics.mean(e["metrics"]["sparsity"] for e in mine)
-        avg = f"{statistics.mean(deltas):+.2f}" if len(deltas) == len(tasks) else "–"
-        lines.append(f"| {v} | {100 * flops:.1f}% | {100 * sparsity:.0f}% | " + " | ".join(cells) + f" | {avg} |")
+        seeds = average_deltas(entries, tasks, v)
+        avg = "–"
+        if seeds:
+            spread = statistics.stdev(seeds.values()) if len(seeds) > 1 else 0.0
+            avg = f"{statistics.mean(seeds.values()):+.2f} ± {spread:.2f} ({len(seeds)})"
+        bar = next((limit for prefix, limit in BARS.items() if v.startswith(prefix)), None)
+        verdict = "" if bar is None or not seeds else (
+            f"≥ −{bar}: {'met' if statistics.mean(seeds.values()) >= -bar else 'missed'}")
+        lines.append(f"| {v} | {100 * flops:.1f}% | {100 * sparsity:.0f}% | " + " | ".join(cells)
+                     + f" | {avg} | {verdict} |")
     return "\n".join(lines) + ("\n\nCells: dev score of the pruned, re-tuned model minus the unpruned DSEE "
-                               "source's (×100; mean over seeds). FLOPs: one forward pass at 128 tokens.\n")
+                               "source's (×100; mean over seeds). Average Δ: over the tasks, per seed, then mean ± "
+                               "std over the seeds finished on every task. FLOPs: one forward pass at 128 tokens.\n")
+
+
+def best_fifty(entries: list[dict], tasks: list[str], variants: list[str]) -> str | None:
+    """The 50% unstructured variant with the best average Δ over the seeds finished on every task."""
+    means = {v: statistics.mean(d.values()) for v in FIFTY if v in variants
+             for d in [average_deltas(entries, tasks, v)] if d}
+    return max(means, key=means.get) if means else None
 
 
 def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
+    """Left: score against FLOPs for heads + neurons removed (when run). Right: the average Δ against
+    sparsity for each unstructured method (0% is the source; 2:4 sits at 50%)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for t in tasks:
         mine = [e for e in entries if e["key"]["task"] == t and "heads" in e["key"]["variant"]
                 and "importance" in e["key"]["variant"]]
-        control = [e for e in entries if e["key"]["task"] == t and e["key"]["variant"] == "retune only"]
-        if not mine:
-            continue
-        # at 100% FLOPs the control: the same re-tuning with nothing removed (same training budget)
-        points = sorted([(1.0, 100 * statistics.mean(e["metrics"]["score"] for e in control))] * bool(control)
-                        + [(e["metrics"]["flops"] / e["source"]["flops"], 100 * e["metrics"]["score"]) for e in mine])
-        line, = ax.plot([100 * x for x, _ in points], [y for _, y in points], "o-", label=TASK_LABEL.get(t, t))
-        ax.plot([100], [100 * mine[0]["source"]["score"]], "x", color=line.get_color(), markersize=9,
-                label=f"{TASK_LABEL.get(t, t)} source, before re-tuning")
-    ax.set_xlabel("inference FLOPs (% of unpruned, 128 tokens)")
-    ax.set_ylabel("dev score (×100) after re-tuning")
-    ax.set_title("MiniLM-L6 + DSEE: heads + FFN neurons removed (importance), re-tuned", fontsize=10)
-    ax.invert_xaxis()
-    ax.grid(alpha=0.3)
-    ax.legend()
+        if mine:
+            points = sorted((e["metrics"]["flops"] / e["source"]["flops"], 100 * e["metrics"]["score"]) for e in mine)
+            ax1.plot([100 * x for x, _ in points], [y for _, y in points], "o-", label=TASK_LABEL.get(t, t))
+    ax1.set_xlabel("inference FLOPs (% of unpruned, 128 tokens)")
+    ax1.set_ylabel("dev score (×100) after re-tuning")
+    ax1.set_title("heads + FFN neurons removed (importance)", fontsize=10)
+    ax1.invert_xaxis()
+    methods = {"magnitude": ("weight", ""), "wanda": ("wanda", ""), "magnitude, gradual": ("weight", " gradual"),
+               "wanda, gradual": ("wanda", " gradual")}
+    for label_, (score, schedule) in methods.items():
+        xs, ys, es = [0.0], [0.0], [0.0]
+        for level in (50, 70):
+            d = average_deltas(entries, tasks, f"unstructured{level} {score}{schedule}")
+            if d:
+                xs.append(level)
+                ys.append(statistics.mean(d.values()))
+                es.append(statistics.stdev(d.values()) if len(d) > 1 else 0.0)
+        if len(xs) > 1:
+            ax2.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label_)
+    for score in ("weight", "wanda"):
+        d = average_deltas(entries, tasks, f"2:4 {score}")
+        if d:
+            ax2.errorbar([50], [statistics.mean(d.values())], yerr=[statistics.stdev(d.values()) if len(d) > 1 else 0],
+                         marker="s", capsize=3, linestyle="none", label=f"2:4, {'magnitude' if score == 'weight' else score}")
+    ax2.axhline(-1.0, color="grey", linestyle="--", linewidth=0.8)
+    ax2.set_xlabel("unstructured sparsity of the blocks' weights (%)")
+    ax2.set_ylabel("average Δ dev score vs unpruned DSEE (×100)")
+    ax2.set_title("unstructured, re-tuned (dashed: the 1-point bar at 50%)", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_all(args, tasks, variants, finished, entries=None) -> list[dict]:
+    """Every (seed, task, variant) run, seed-major (a stopped experiment has every cell at fewer seeds)."""
+    entries = list(entries or [])
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for task in tasks:
+            source = source_run(args, task, seed)
+            if source is None:
+                continue
+            for name in variants:
+                entry = run_variant(args, task, seed, name, source, finished)
+                if entry is not None:
+                    entries.append(entry)
+    return entries
 
 
 def main(argv=None) -> int:
@@ -211,16 +290,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     finished = finished_runs(Path(args.runs_file))
     start = time.perf_counter()
-    entries = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for task in tasks:
-            source = source_run(args, task, seed)
-            if source is None:
-                continue
-            for name in variants:
-                entry = run_variant(args, task, seed, name, source, finished)
-                if entry is not None:
-                    entries.append(entry)
+    entries = run_all(args, tasks, variants, finished)
+    best = best_fifty(entries, tasks, variants) if args.best_at_70 else None
+    if best is not None:  # the best 50% method, again at 70%
+        variants = variants + [best.replace("unstructured50", "unstructured70", 1)]
+        entries = run_all(args, tasks, variants[-1:], finished, entries)
     text = table(entries, tasks, variants)
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
