@@ -50,6 +50,10 @@ class Registry:
 
         return add
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (e.g. a method registered by a test)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> Entry:
         if name not in self._entries:
             raise ValueError(f"unknown {self.what} {name!r}; choose one of {', '.join(self._entries)}")
