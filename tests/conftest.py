@@ -124,3 +124,17 @@ def _sentiment_csv(path, n, seed):
 def csv_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     return _sentiment_csv(d / "train.csv", 256, 0), _sentiment_csv(d / "dev.csv", 64, 1)
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, tiny_model_dir, csv_data):
+    """A finished DSEE run on the sentiment task (tiny BERT, r = 4, N = 8): what `dsee prune` starts from."""
+    pytest.importorskip("accelerate")
+    from dsee.train.loop import train
+    from dsee.train.run import RunConfig
+
+    run = tmp_path_factory.mktemp("runs") / "dsee"
+    train(RunConfig(out=str(run), model=tiny_model_dir, train_file=csv_data[0], validation_file=csv_data[1],
+                    text_columns=["text"], label_column="label", max_length=32, epochs=2, batch_size=16,
+                    lr=3e-2, adapter={"rank": 4, "num_sparse": 8}, seed=1), show_progress=False)
+    return run

@@ -17,15 +17,6 @@ from dsee.train.pipeline import load_task_data, load_tokenizer, load_trained_mod
 from dsee.train.run import RunConfig, load_run_config  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory, tiny_model_dir, csv_data):
-    run = tmp_path_factory.mktemp("runs") / "dsee"
-    train(RunConfig(out=str(run), model=tiny_model_dir, train_file=csv_data[0], validation_file=csv_data[1],
-                    text_columns=["text"], label_column="label", max_length=32, epochs=2, batch_size=16,
-                    lr=3e-2, adapter={"rank": 4, "num_sparse": 8}, seed=1), show_progress=False)
-    return run
-
-
 def _model_and_inputs(run):
     config = load_run_config(run)
     data = load_task_data(config, with_train=False)

@@ -117,18 +117,6 @@ def test_masks_only_grow_when_pruned_entries_are_given():
 pytest.importorskip("accelerate")
 
 
-@pytest.fixture(scope="module")
-def source_run(tmp_path_factory, tiny_model_dir, csv_data):
-    from dsee.train.loop import train
-    from dsee.train.run import RunConfig
-
-    run = tmp_path_factory.mktemp("runs") / "dsee"
-    train(RunConfig(out=str(run), model=tiny_model_dir, train_file=csv_data[0], validation_file=csv_data[1],
-                    text_columns=["text"], label_column="label", max_length=32, epochs=2, batch_size=16,
-                    lr=3e-2, adapter={"rank": 4, "num_sparse": 8}, seed=1), show_progress=False)
-    return run
-
-
 def _prune(source, out, *extra):
     from dsee.cli import main
 

@@ -1,14 +1,16 @@
 """dsee: Dually Sparsity-Embedded Efficient Tuning (Chen et al., ACL 2023) for transformers.
 
 Each adapted weight gets ΔW = s·(B·A + S): a low-rank B·A and a sparse S with N entries at
-positions Ω chosen from the pre-trained weight before training. Read ``layer.py`` for the layer,
-``inject.py`` for how it is put on a model, ``decompose.py`` for how Ω is chosen.
+positions Ω chosen before training. Read ``adapters/layer.py`` for the layer (``sparse_ops.py`` for
+how S is applied), ``adapters/inject.py`` for how it is put on a model, ``adapters/support.py`` for
+how Ω is chosen, ``arch.py`` for what each architecture looks like.
 
-The final model can be made sparse too (paper §3.2): ``prune.py`` (unstructured masks kept through
-the merge), ``structure.py`` (heads and FFN neurons removed physically), ``export.py`` (saving and
-reloading models whose shapes changed), ``flops.py`` (what it saves).
+The final model can be made sparse too (paper §3.2): ``sparsity/unstructured.py`` (masks kept through
+the merge; magnitude, Wanda, N:M), ``sparsity/structure.py`` (heads and FFN neurons removed
+physically), ``sparsity/export.py`` (saving and reloading models whose shapes changed),
+``sparsity/flops.py`` (what it saves).
 
-``import dsee`` does not import the training stack.
+``import dsee`` does not import the training stack (``dsee.train``).
 """
 
 from .adapters.config import DSEEConfig
