@@ -29,6 +29,8 @@ BASE_DTYPES = ("fp32", "bf16")
 DATA, GENERATION, OPTIMISATION, SUPPORT = ("data", "text generation (decoder models)", "optimisation",
                                            "data-aware support (--sparse-method gradient)")
 SCALE = "memory and many processes (torchrun / accelerate launch)"
+# how a run is executed rather than what it trains: ``dsee prune`` takes them from its own flags
+SCALE_FIELDS = ("fsdp", "gradient_checkpointing", "base_dtype")
 
 
 @dataclass

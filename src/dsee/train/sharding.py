@@ -52,8 +52,9 @@ def is_sharded(model: nn.Module) -> bool:
 def unit_modules(model: nn.Module) -> list[nn.Module]:
     """The modules that become FSDP units before the root: the transformer blocks.
 
-    From dsee's block layout when the model type has one (``arch.blocks``), else the classes the
-    model names as not to be split across devices (transformers' ``_no_split_modules``).
+    From dsee's block layout when the model type has one (``arch.blocks``), else transformers'
+    blocks (its ``GradientCheckpointingLayer`` subclasses, outermost ones), else the classes the
+    model names as not to be split across devices (``_no_split_modules``).
     """
     from ..arch import block_spec, blocks
 
@@ -62,8 +63,16 @@ def unit_modules(model: nn.Module) -> list[nn.Module]:
         return [b.module for b in blocks(model)]
     except ValueError:
         pass
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # pragma: no cover - transformers without it
+        GradientCheckpointingLayer = ()  # noqa: N806
     names = set(getattr(model, "_no_split_modules", None) or ())
-    found = [m for m in model.modules() if type(m).__name__ in names]
+    found: list[nn.Module] = []
+    for m in model.modules():
+        inside = any(m is not o and any(m is d for d in o.modules()) for o in found)
+        if not inside and (isinstance(m, GradientCheckpointingLayer) or type(m).__name__ in names):
+            found.append(m)
     if not found:
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise ValueError(f"--fsdp shards a model block by block, and dsee does not know the blocks of model type "
