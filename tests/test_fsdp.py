@@ -69,12 +69,15 @@ def decoder(tmp_path_factory):
     assert model.lm_head.weight is model.model.embed_tokens.weight
     model.save_pretrained(base / "model")
     tokenizer.save_pretrained(base / "model")
+    # every name and food one token, so every target has as many tokens: each process averages the
+    # loss over its own target tokens (as under DDP), which equals the global token mean only then
     rng = random.Random(0)
-    foods = ["Chinese", "French", "Italian", "Indian"]
+    names, foods = ["Anna", "Bob", "Carl"], ["Chinese", "French", "Italian", "Indian", "Thai"]
+    assert {len(tokenizer(w.lower(), add_special_tokens=False)["input_ids"]) for w in names + foods} == {1}
     for split, n in (("train", 128), ("dev", 16)):
         lines = ["source,target"]
         for _ in range(n):
-            name, food = rng.choice(["Aromi", "Bibimbap", "Cotto"]), rng.choice(foods)
+            name, food = rng.choice(names), rng.choice(foods)
             lines.append(f"name[{name}] food[{food}],{name} serves {food.lower()} food .")
         (base / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return {"model": str(base / "model"), "train": str(base / "train.csv"), "dev": str(base / "dev.csv")}

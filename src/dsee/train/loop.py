@@ -247,14 +247,19 @@ def restore(s: Session, tensors: dict[str, torch.Tensor], state: dict[str, Any])
 
 
 def checkpoint(s: Session) -> None:
-    """Write ``RUN/checkpoint/``: gathered on every process when sharded, written by the main one."""
+    """Write ``RUN/checkpoint/``: gathered on every process when sharded, written by the main one.
+
+    Every process waits until it is written: a process that stopped (Ctrl-C, the test hook) and
+    exited early could otherwise have the launcher end the main process in the middle of it.
+    """
     sharded = is_sharded(s.unwrapped)
-    if not (sharded or s.main):
-        return
-    masks = s.before_sharding.get("masks") if sharded else prune_masks(s.unwrapped, s.config)
-    gathered = gather_checkpoint(s.unwrapped, s.optimizer, masks, s.main)
-    if s.main:
-        write_checkpoint(s.run, gathered, s.scheduler, s.progress)
+    if sharded or s.main:
+        masks = s.before_sharding.get("masks") if sharded else prune_masks(s.unwrapped, s.config)
+        gathered = gather_checkpoint(s.unwrapped, s.optimizer, masks, s.main)
+        if s.main:
+            write_checkpoint(s.run, gathered, s.scheduler, s.progress)
+    if s.accelerator.num_processes > 1:
+        s.accelerator.wait_for_everyone()
 
 
 def save_best(s: Session) -> None:
