@@ -8,8 +8,9 @@ is compared with an unsharded run in this process with twice the per-process bat
 - the trained tensors and the AdamW state agree to |a - b| <= 1e-6 + 1e-4·|b| after 8 AdamW steps
   at lr 3e-2 (not bitwise: two processes average two half-batch gradients, one process averages
   the whole batch, so the sums run in another order, and AdamW's normalised update magnifies the
-  last-bit differences of the smallest gradients); the run with bf16 frozen weights agrees to
-  1e-4 + 1e-3·|b| (its activations are rounded to bf16);
+  last-bit differences of the smallest gradients; measured: at most 2.5e-6, LoRA's B); the same
+  holds for the decoder with bf16 frozen weights and checkpointing (its bf16 activations are
+  computed row by row alike in both);
 - the files are those of an unsharded run: the same keys, dtypes, shapes and metadata, one adapter
   file, one checkpoint, written once;
 - a sharded run interrupted and resumed under FSDP ends bitwise equal to the uninterrupted sharded
@@ -45,7 +46,6 @@ from dsee.train.run import RunConfig, read_eval_log  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {"atol": 1e-6, "rtol": 1e-4}
-TOL_BF16 = {"atol": 1e-4, "rtol": 1e-3}
 
 
 @pytest.fixture(scope="module")
@@ -240,13 +240,13 @@ def test_sharded_full_fine_tuning_saves_the_stock_model(runs):
 def test_sharded_decoder_with_checkpointing_and_bf16_frozen_weights(runs):
     """Generation, tied embeddings, recomputed blocks and bf16 W0 with fp32 adapters, all sharded."""
     sharded, single = runs["generation"], runs["generation-1"]
-    _checkpoints_close(sharded, single, TOL_BF16)
+    _checkpoints_close(sharded, single, TOL)
     tensors, _ = read_checkpoint(sharded)
     assert {t.dtype for k, t in tensors.items() if k.startswith(("model.", "optimizer.")) and t.dim()} == \
         {torch.float32}  # adapters and their AdamW state in fp32
     meta_a, a = _tensors(sharded / "adapter" / "adapter_model.safetensors")
     meta_b, b = _tensors(single / "adapter" / "adapter_model.safetensors")
     assert meta_a == meta_b
-    _close(a, b, TOL_BF16)
+    _close(a, b, TOL)
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (sharded, single))
     assert ma["dev"]["validation"]["loss"] == pytest.approx(mb["dev"]["validation"]["loss"], abs=1e-3)
