@@ -113,17 +113,23 @@ def runs(tmp_path_factory, tiny_model_dir, csv_data, decoder):
         "lora": _classifier(base / "lora", tiny_model_dir, csv_data, fsdp=True, method="lora",
                             adapter={"rank": 4}),
         "full": _classifier(base / "full", tiny_model_dir, csv_data, fsdp=True, method="full", lr=1e-3),
+        "accumulated": _classifier(base / "accumulated", tiny_model_dir, csv_data, fsdp=True, batch_size=8,
+                                   grad_accum=2),
         "generation": _generator(base / "generation", decoder, fsdp=True, gradient_checkpointing=True,
                                  base_dtype="bf16"),
     }
     cut = dataclasses.replace(configs["dsee"], out=str(base / "cut"))
     prune = ["prune", str(base / "dsee"), "--out", str(base / "pruned"), "--sparsity", "0.5", "--retune-epochs",
              "1", "--fsdp", "--no-progress"]
+    # FSDP's own mixed precision (bf16 compute and all-gathers, fp32 reduction): no unsharded twin computes
+    # the same, so it is checked on its own
+    mixed = _classifier(base / "mixed", tiny_model_dir, csv_data, fsdp=True, mixed_precision="bf16")
     jobs = [{"config": configs["dsee"].to_dict()},
             {"config": cut.to_dict(), "interrupt_after": 3},
             {"config": cut.to_dict(), "resume": True},
             {"cli": prune},
-            *({"config": configs[k].to_dict()} for k in ("lora", "full", "generation"))]
+            *({"config": configs[k].to_dict()} for k in ("lora", "full", "accumulated", "generation")),
+            {"config": mixed.to_dict()}]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
@@ -131,7 +137,7 @@ def runs(tmp_path_factory, tiny_model_dir, csv_data, decoder):
          str(ROOT / "tests" / "fsdp_worker.py"), json.dumps(jobs)],
         capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, _first_traceback(proc.stderr)
-    out = {name: base / name for name in (*configs, "cut", "pruned")}
+    out = {name: base / name for name in (*configs, "cut", "pruned", "mixed")}
     # the unsharded twins, in this process
     for name, config in configs.items():
         train(_unsharded(config, base / f"{name}-1"), show_progress=False)
@@ -179,8 +185,9 @@ def _listing(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
 
 
-@pytest.mark.parametrize("name", ["dsee", "lora"])
+@pytest.mark.parametrize("name", ["dsee", "lora", "accumulated"])
 def test_sharded_adapters_equal_one_process_with_the_same_global_batch(runs, name):
+    """DSEE, LoRA (N = 0: empty sparse tensors sharded too), and 2 micro-batches per optimizer step."""
     sharded, single = runs[name], runs[f"{name}-1"]
     _checkpoints_close(sharded, single, TOL)
     meta_a, a = _tensors(sharded / "adapter" / "adapter_model.safetensors")
@@ -250,3 +257,19 @@ def test_sharded_decoder_with_checkpointing_and_bf16_frozen_weights(runs):
     _close(a, b, TOL)
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (sharded, single))
     assert ma["dev"]["validation"]["loss"] == pytest.approx(mb["dev"]["validation"]["loss"], abs=1e-3)
+
+
+def test_sharded_mixed_precision_trains_fp32_adapters(runs):
+    """``--mixed-precision bf16`` under FSDP: bf16 compute and all-gathers, the sharded fp32 tensors updated
+    and saved (not the bf16 copies of the root unit that the last evaluation's forward pass gathered)."""
+    run = runs["mixed"]
+    tensors, state = read_checkpoint(run)
+    trained = {k: t for k, t in tensors.items() if k.startswith("model.")}
+    assert {t.dtype for t in trained.values()} == {torch.float32}
+    assert state["progress"]["step"] == 8
+    _, adapter = _tensors(run / "adapter" / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values() if t.is_floating_point()} == {torch.float32}  # head included
+    b_keys = [k for k in adapter if k.endswith("lora_B")]
+    assert b_keys and all(adapter[k].abs().max() > 0 for k in b_keys)  # trained from B = 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["dev"]["validation"]["accuracy"] <= 1.0 and metrics["world_size"] == 2

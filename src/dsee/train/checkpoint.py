@@ -93,8 +93,9 @@ def gather_checkpoint(model: nn.Module, optimizer, masks: dict[str, torch.Tensor
     so every process must call this; unsharded, only the main process needs to. ``masks``: the
     prune masks of a pruned run (gradual pruning changes them as it goes; restoring re-applies them).
     """
-    from .sharding import full_optimizer_state, full_tensors
+    from .sharding import full_optimizer_state, full_tensors, reshard
 
+    reshard(model)  # the trained shards, not a unit left gathered by a forward pass
     trained = full_tensors({n: p for n, p in model.named_parameters() if p.requires_grad}, main)
     optimizer_state = full_optimizer_state(optimizer, main)
     if not main:

@@ -44,7 +44,7 @@ from ..models import resolve_model
 from .checkpoint import (Progress, gather_checkpoint, has_checkpoint, read_checkpoint, restore_model,
                          restore_training, write_checkpoint)
 from .lock import RunLock
-from .sharding import full_model_state, full_tensors, is_sharded, shard_model
+from .sharding import full_model_state, full_tensors, is_sharded, reshard, shard_model
 from .evaluation import evaluate, evaluate_run, make_eval_loaders, score_of  # noqa: F401 (evaluate_run re-exported)
 from .losses import causal_lm_loss, training_loss  # noqa: F401 (causal_lm_loss re-exported)
 from .pipeline import TaskData, apply_memory_settings, build_model, load_task_data, load_tokenizer
@@ -146,6 +146,9 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     from transformers import get_linear_schedule_with_warmup
 
     accelerator = make_accelerator(config)
+    if accelerator.distributed_type == "FSDP":  # accelerate launch --use_fsdp, or an fsdp_config
+        raise ValueError("Accelerate's own FSDP is configured (--use_fsdp or an fsdp_config in the accelerate "
+                         "config); dsee shards the model itself: launch without it and pass --fsdp to dsee")
     if accelerator.is_main_process or resume:  # read-only checks
         config = resolve_run(config, resume, overwrite)
     run = Path(config.out)
@@ -271,6 +274,8 @@ def save_best(s: Session) -> None:
     sharded = is_sharded(s.unwrapped)
     if not (sharded or s.main):
         return
+    if sharded:
+        reshard(s.unwrapped)  # the trained shards, not a unit left gathered by the evaluation
     fingerprint = s.before_sharding.get("fingerprint")
     if s.config.prune is not None or s.config.method == "full":
         state = full_model_state(s.unwrapped, s.main) if sharded else None
@@ -299,6 +304,8 @@ def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None
     data, progress = s.data, s.progress
     results = {name: evaluate(s.model, loader, s.accelerator, data.metric_kind)
                for name, loader in s.eval_loaders.items()}
+    if is_sharded(s.unwrapped):  # FSDP2 keeps the root unit gathered after a forward pass: free it
+        reshard(s.unwrapped)
     s.model.train()
     selection = results[data.selection_split]
     progress.last_eval_step = progress.step

@@ -15,7 +15,8 @@ masks (bool) stay whole on every process; they are computed identically everywhe
 autograd function of the folded sparse update receives the all-gathered W0 in forward and in
 backward, as any ``F.linear`` would; tied embeddings live in the root unit and stay one tensor.
 
-Saving reads the shards back whole, on every process in the same order (collectives), and only
+Saving first puts every unit back to its shards (``reshard``: after an evaluation FSDP2 leaves the
+root unit gathered), then reads the shards back whole, on every process in the same order (collectives), and only
 the main process keeps the result (on CPU): ``full_tensors`` for a few tensors (trained ones,
 optimizer state), ``full_model_state`` for the whole model (``get_model_state_dict`` with
 ``full_state_dict=True, cpu_offload=True``). So the adapter file and the checkpoint are written
@@ -111,6 +112,20 @@ def shard_model(model: nn.Module, mixed_precision: str = "no") -> nn.Module:
     for unit in unit_modules(model):
         fully_shard(unit, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
+    return model
+
+
+def reshard(model: nn.Module) -> nn.Module:
+    """Every unit of ``model`` back to its shards. FSDP2 leaves the root unit gathered after a forward
+    pass (it expects the backward to need it next): after an evaluation the root's parameters would
+    otherwise be whole copies, in the compute dtype under mixed precision, not the trained shards."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return model
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
     return model
 
 
