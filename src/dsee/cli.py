@@ -59,8 +59,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         refuse_options_not_applying(args, adapter)
         config = RunConfig(**values(args, RunConfig), adapter=adapter)
     metrics = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)
-    print(format_train_summary(metrics))
+    print_once(format_train_summary(metrics))
     return 0
+
+
+def print_once(text: str) -> None:
+    """Print on the main process only (under torchrun every process runs the command)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(text)
 
 
 def refuse_options_with_resume(args: argparse.Namespace, classes) -> None:
@@ -151,7 +159,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     changes.update({name: getattr(args, name) for name in SCALE_FIELDS})  # this run's, not the source's
     metrics = train(dataclasses.replace(source, **changes), resume=args.resume, overwrite=args.overwrite,
                     show_progress=not args.no_progress)
-    print(format_train_summary(metrics))
+    print_once(format_train_summary(metrics))
     return 0
 
 
