@@ -190,3 +190,25 @@ def test_sharding_units_are_the_blocks_or_the_no_split_classes():
     assert unit_modules(deberta) == list(deberta.deberta.encoder.layer)
     # without a process group of several processes there is nothing to shard
     assert shard_model(llama) is llama and not is_sharded(llama)
+
+
+def test_a_bf16_run_re_evaluates_to_its_recorded_score(tmp_path, tiny_model_dir, csv_data, recwarn):
+    """``--base-dtype bf16`` end to end: the adapter is saved in fp32 with the fp32 base's fingerprint,
+    and ``dsee eval`` rebuilds the model with bf16 frozen weights, so it scores what training recorded."""
+    pytest.importorskip("accelerate")
+    from safetensors.torch import load_file
+
+    from dsee.train.loop import evaluate_run, train
+    from dsee.train.run import RunConfig
+
+    run = tmp_path / "run"
+    metrics = train(RunConfig(out=str(run), model=tiny_model_dir, train_file=csv_data[0], validation_file=csv_data[1],
+                              text_columns=["text"], label_column="label", max_length=32, epochs=1, batch_size=32,
+                              lr=3e-2, adapter={"rank": 4, "num_sparse": 8}, base_dtype="bf16",
+                              gradient_checkpointing=True), show_progress=False)
+    adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert {t.dtype for t in adapter.values() if t.is_floating_point()} == {torch.float32}
+    again = evaluate_run(run)
+    assert again["validation"]["accuracy"] == metrics["dev"]["validation"]["accuracy"]
+    assert again["validation"]["loss"] == pytest.approx(metrics["dev"]["validation"]["loss"], abs=1e-6)
+    assert not [w for w in recwarn if "base weights differ" in str(w.message)]
