@@ -88,6 +88,14 @@ CASES = {
     "support batches without a data-aware support": (lambda w: _train_args(w, w["base"] / "n8",
                                                                            "--support-batches", "4"),
                                                      "only by --sparse-method gradient"),
+    # memory and many processes: combinations that cannot work are refused, not half-done
+    "bf16 frozen weights with full fine-tuning": (
+        lambda w: _train_args(w, w["base"] / "s1", "--method", "full", "--base-dtype", "bf16"), "freezes none"),
+    "fsdp with fp16": (lambda w: _train_args(w, w["base"] / "s2", "--fsdp", "--mixed-precision", "fp16"),
+                       "gradient scaler"),
+    "fsdp with gradual pruning": (lambda w: ["prune", str(w["run"]), "--out", str(w["base"] / "s3"), "--sparsity",
+                                             "0.5", "--schedule", "gradual", "--fsdp"], "prune one-shot"),
+    "base dtype not offered": (lambda w: _train_args(w, w["base"] / "s4", "--base-dtype", "fp8"), "invalid choice"),
     "test split of a classification run": (lambda w: ["eval", str(w["run"]), "--split", "test"],
                                            "validation data only"),
     "not a generation run": (lambda w: ["generate", str(w["run"]), "--text", "x"], "not a text-generation run"),

@@ -20,6 +20,7 @@ from .sparsity.flops import forward_flops, parameter_counts
 from .adapters.inject import DSEEState, ParameterCount, add_dsee, count_parameters, merge_dsee, remove_dsee
 from .adapters.io import load_adapter, save_adapter
 from .adapters.layer import DSEELinear, SparseLowRankDelta
+from .adapters.precision import lower_frozen_precision_
 from .sparsity.unstructured import apply_masks_, sparsity_report, unstructured_masks
 from .sparsity.structure import remove_heads_, remove_neurons_, structure_plan
 
@@ -38,6 +39,7 @@ __all__ = [
     "forward_flops",
     "load_adapter",
     "load_pretrained",
+    "lower_frozen_precision_",
     "merge_dsee",
     "parameter_counts",
     "remove_dsee",

@@ -158,6 +158,16 @@ def model_spec(model_or_type: nn.Module | str | None) -> ModelSpec | None:
     return MODEL_SPECS.get(model_type or "")
 
 
+def model_class_name(model: nn.Module) -> str:
+    """The class name of ``model`` as built: FSDP2's ``fully_shard`` swaps in a subclass "FSDP<name>"."""
+    cls = type(model)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch < 2.6
+        return cls.__name__
+    return next(c for c in cls.__mro__ if not issubclass(c, FSDPModule)).__name__
+
+
 def name_matches(name: str, target: str) -> bool:
     """PEFT's rule: exact name, dotted suffix, or a regular expression matching the whole name."""
     if name == target or name.endswith("." + target):

@@ -59,8 +59,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         refuse_options_not_applying(args, adapter)
         config = RunConfig(**values(args, RunConfig), adapter=adapter)
     metrics = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)
-    print(format_train_summary(metrics))
+    print_once(format_train_summary(metrics))
     return 0
+
+
+def print_once(text: str) -> None:
+    """Print on the main process only (under torchrun every process runs the command)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(text)
 
 
 def refuse_options_with_resume(args: argparse.Namespace, classes) -> None:
@@ -139,7 +147,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .train.loop import train
     from .train.pruning import check_source
     from .train.run import check_out_apart
-    from .train.settings import PruneSettings
+    from .train.settings import SCALE_FIELDS, PruneSettings
 
     settings = PruneSettings(**values(args, PruneSettings))
     source = check_source(settings.source)
@@ -148,9 +156,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
     changes = {"out": args.out, "prune": settings.to_dict(), "epochs": args.retune_epochs}
     changes.update({k: v for k, v in (("lr", args.lr), ("data_dir", args.data_dir)) if v is not None})
+    changes.update({name: getattr(args, name) for name in SCALE_FIELDS})  # this run's, not the source's
     metrics = train(dataclasses.replace(source, **changes), resume=args.resume, overwrite=args.overwrite,
                     show_progress=not args.no_progress)
-    print(format_train_summary(metrics))
+    print_once(format_train_summary(metrics))
     return 0
 
 
@@ -260,10 +269,14 @@ def _add_eval(sub) -> None:
 
 
 def _add_prune(sub) -> None:
-    from .train.settings import PruneSettings
+    import dataclasses
+
+    from .train.settings import SCALE_FIELDS, PruneSettings, RunConfig
 
     p = sub.add_parser("prune", help="make a trained run's model sparse and re-tune its adapters (a new run)")
     add_options(p, PruneSettings)
+    # --fsdp, --gradient-checkpointing, --base-dtype: how this re-tuning runs (not taken from the source run)
+    add_options(p, RunConfig, exclude=[f.name for f in dataclasses.fields(RunConfig) if f.name not in SCALE_FIELDS])
     p.add_argument("--out", required=True, help="the new run directory")
     p.add_argument("--retune-epochs", type=float, default=3.0, help="epochs of adapter re-tuning (0: none)")
     p.add_argument("--lr", type=float, default=None, help="default: the source run's")

@@ -40,21 +40,34 @@ def base_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_adapter(model: nn.Module, directory: str | Path) -> Path:
-    """Save the adapter of ``model`` to ``directory`` (created if needed); returns the directory."""
+def save_adapter(model: nn.Module, directory: str | Path, *, tensors: dict[str, torch.Tensor] | None = None,
+                 fingerprint: str | None = None) -> Path:
+    """Save the adapter of ``model`` to ``directory`` (created if needed); returns the directory.
+
+    ``tensors``: the adapter's tensors (``adapter_state_dict`` keys) when the model's own are not
+    whole (a sharded model's, gathered); ``fingerprint``: the base weights' ``base_fingerprint``
+    when the model's weights are not those the adapter goes on (sharded, or stored in bf16).
+    """
     state = getattr(model, "dsee_state", None)
     if state is None:
         raise ValueError("save_adapter: this model has no DSEE adapters")
+    from ..arch import model_class_name
+
     directory = Path(directory)
-    tensors = adapter_state_dict(model)
+    expected = adapter_state_dict(model)
+    if tensors is None:
+        tensors = expected
+    elif set(tensors) != set(expected):
+        raise ValueError(f"save_adapter: tensors= holds other keys than the model's adapter "
+                         f"(missing {sorted(set(expected) - set(tensors))[:3]})")
     model_config = getattr(model, "config", None)
     metadata = {
         "format": "dsee-adapter-1",
-        "model_type": str(getattr(model_config, "model_type", type(model).__name__)),
-        "model_class": type(model).__name__,
+        "model_type": str(getattr(model_config, "model_type", model_class_name(model))),
+        "model_class": model_class_name(model),
         "targets_matched": json.dumps(list(state.targets_matched)),
         "modules_to_save": json.dumps(list(state.modules_to_save)),
-        "base_fingerprint": base_fingerprint(model),
+        "base_fingerprint": fingerprint or base_fingerprint(model),
     }
     atomic_save_safetensors(tensors, directory / WEIGHTS_NAME, metadata)
     state.config.save(directory)

@@ -24,6 +24,12 @@ through it means the function trained and evaluated is exactly the one ``merge_d
 (W ← M ⊙ (W0 + ΔW), which keeps the zeros), instead of a pruned W0 plus a dense ΔW that merging
 would make dense again. Cost: ΔW is formed densely once per forward (d_out·d_in·r), small next to
 the matmul over a batch of tokens.
+
+Frozen weights in lower precision (``adapters.precision``): when W0 is stored in a narrower dtype
+than the adapters (bf16 W0, fp32 A, B, S), the layer computes in the adapters' dtype: x and W0 are
+upcast, s·S is folded (or ΔW formed) in fp32, and the result is cast back to the input's dtype, so
+that neither S nor the gradients of A, B and S pass through bf16 rounding (PEFT casts the LoRA
+branch's input to the adapter dtype the same way). Under autocast, autocast decides instead.
 """
 
 from __future__ import annotations
@@ -228,13 +234,20 @@ class DSEELinear(nn.Module):
     def sparse_indices(self) -> torch.Tensor:
         return self._single().sparse_indices
 
+    @property
+    def adapter_dtype(self) -> torch.dtype:
+        """The dtype of the trained tensors (A, B, S): the dtype the layer computes in (module doc)."""
+        return self.deltas()[0][1].lora_A.dtype
+
     def effective_weight(self) -> torch.Tensor:
         """M ⊙ (W0 + ΔW) as (d_out, d_in), ΔW of every slice added into its rows; M only if set.
 
         The one place the merged weight is formed, so that the masked forward and ``merge_dsee``
-        compute it with the same operations, in the same order.
+        compute it with the same operations, in the same order. Formed in the wider of W0's and
+        the adapters' dtypes (fp32 for a bf16 W0 with fp32 adapters).
         """
         weight = linear_weight(self.base_layer)
+        weight = weight.to(torch.promote_types(weight.dtype, self.adapter_dtype))
         for _, delta, rows in self.deltas():
             update = delta.delta_weight().to(weight.dtype)
             weight = weight + update if rows is None else weight.index_add(0, rows, update)
@@ -256,9 +269,25 @@ class DSEELinear(nn.Module):
         return torch.cat(values), torch.cat(index)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """x: (..., d_in) -> (..., d_out)."""
+        """x: (..., d_in) -> (..., d_out), in x's dtype."""
+        dtype = self.adapter_dtype
+        if x.dtype != dtype and x.is_floating_point() and not torch.is_autocast_enabled(x.device.type):
+            # a low-precision frozen path (bf16 W0, bf16 activations): compute in the adapters' dtype
+            return self._forward(x.to(dtype), *args, **kwargs).to(x.dtype)
+        return self._forward(x, *args, **kwargs)
+
+    def _frozen(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """x·W0ᵀ + b, W0 (and b) upcast to x's dtype when stored narrower (outside autocast)."""
+        weight = linear_weight(self.base_layer)
+        if weight.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+            return self.base_layer(x, *args, **kwargs)
+        bias = self.base_layer.bias
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.prune_mask is not None:  # merged-and-masked form (module doc); adapter dropout unused
-            return F.linear(x, self.effective_weight(), self.base_layer.bias)
+            weight, bias = self.effective_weight(), self.base_layer.bias
+            return F.linear(x, weight, None if bias is None else bias.to(weight.dtype))
         deltas = self.deltas()
         # S folded into W0 whenever the sparse branch sees the same input as W0 (no active dropout)
         fold = any(d.num_sparse for _, d, _ in deltas) and not any(d.dropout_active for _, d, _ in deltas)
@@ -266,7 +295,7 @@ class DSEELinear(nn.Module):
             values, index = self.sparse_in_full_matrix()
             y = folded_linear(x, linear_weight(self.base_layer), self.base_layer.bias, values, index)
         else:
-            y = self.base_layer(x, *args, **kwargs)
+            y = self._frozen(x, *args, **kwargs)
         for _, delta, rows in deltas:
             if fold and delta.rank == 0:
                 continue
@@ -277,9 +306,12 @@ class DSEELinear(nn.Module):
 
     @torch.no_grad()
     def merged_base_layer(self) -> nn.Module:
-        """Fold every ΔW (and the prune mask, if any) into the base weight, in place; return the base layer."""
+        """Fold every ΔW (and the prune mask, if any) into the base weight, in place; return the base layer.
+
+        The merge is formed in fp32 for a bf16 W0 with fp32 adapters, then cast to W0's dtype.
+        """
         weight = linear_weight(self.base_layer)  # (d_out, d_in), a view for Conv1D
-        weight.copy_(self.effective_weight())
+        weight.copy_(self.effective_weight())  # copy_ casts to the stored dtype
         return self.base_layer
 
     def extra_repr(self) -> str:

@@ -28,6 +28,7 @@ from ..adapters.config import DSEEConfig
 from ..adapters.inject import dsee_layers, inject
 from ..files import atomic_directory
 from ..adapters.layer import linear_shape
+from ..arch import model_class_name
 from .structure import apply_structure_, structure_plan
 
 MANIFEST = "dsee_model.json"
@@ -49,7 +50,7 @@ def manifest_of(model: nn.Module) -> dict[str, Any]:
         }
     return {
         "format": FORMAT,
-        "architecture": type(model).__name__,
+        "architecture": model_class_name(model),
         "structure": structure_plan(model),
         "adapter": adapter,
         "masked": {name: list(linear_shape(layer)) for name, layer in dsee_layers(model) if layer.prune_mask is not None},
@@ -61,11 +62,11 @@ def _is_stock(manifest: dict[str, Any]) -> bool:
     return not structure["heads"] and not structure["neurons"] and manifest["adapter"] is None
 
 
-def _untied_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def _untied_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The state dict with tensors that share storage (tied embeddings) cloned: safetensors refuses shares."""
     seen: set[int] = set()
     out = {}
-    for key, value in model.state_dict().items():
+    for key, value in (model.state_dict() if state_dict is None else state_dict).items():
         ptr = value.untyped_storage().data_ptr()
         out[key] = value.detach().clone() if ptr in seen else value.detach()
         seen.add(ptr)
@@ -73,8 +74,11 @@ def _untied_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, *, compact: bool = False, tokenizer=None,
-                    extra_files: dict[str, str] | None = None) -> dict[str, Any]:
+                    extra_files: dict[str, str] | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Write ``model`` to ``directory`` (replaced whole, atomically); returns sizes and the format used.
+
+    ``state_dict``: the model's weights when its own are not whole (a sharded model's, gathered).
 
     Returns ``{"weights_file", "bytes_on_disk", "dense_bytes", "stock"}``; ``stock`` is True when
     a plain transformers ``from_pretrained`` loads the directory.
@@ -83,12 +87,12 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, compact: bool = 
     stock = _is_stock(manifest) and not compact
     with atomic_directory(directory) as tmp:
         if stock:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state_dict)
             weights = tmp / DENSE_WEIGHTS
             dense_bytes = weights.stat().st_size
         else:
             model.config.save_pretrained(tmp)
-            tensors = _untied_state_dict(model)
+            tensors = _untied_state_dict(model, state_dict)
             if compact:
                 from .sparse_io import save_compact
 

@@ -8,7 +8,9 @@
 
 Nothing in it is a pickle: safetensors and JSON cannot run code when read, whoever wrote the file.
 The directory is replaced whole (``dsee.files.atomic_directory``, fsynced, recoverable after a
-crash at any point of the swap). Random states are not saved: the training loop reseeds the
+crash at any point of the swap). A sharded run (``--fsdp``) writes the same file: its tensors are
+gathered whole onto the main process first (``gather_checkpoint``, which every process calls), so
+a checkpoint resumes with any number of processes, sharded or not. Random states are not saved: the training loop reseeds the
 global generator before every micro-batch from (seed, step, micro-batch), so dropout after a
 resume is what it would have been (``loop.seed_step``).
 """
@@ -63,8 +65,8 @@ def _support_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: b for n, b in model.named_buffers() if n.endswith("sparse_indices")}
 
 
-def _optimizer_payload(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
+def _optimizer_payload(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``optimizer.state_dict()`` -> (its tensors as "optimizer.<i>.<key>", the JSON rest)."""
     tensors, scalars = {}, {}
     for index, entry in state["state"].items():
         for key, value in entry.items():
@@ -75,22 +77,52 @@ def _optimizer_payload(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, An
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def save_checkpoint(run: Path, model: nn.Module, optimizer, scheduler, progress: Progress,
-                    masks: dict[str, torch.Tensor] | None = None) -> None:
-    """Write ``RUN/checkpoint/`` (replacing the previous one whole). ``masks``: the prune masks of a
-    pruned run (gradual pruning changes them as it goes; restoring re-applies them to W0)."""
-    tensors = {f"model.{n}": t.contiguous().cpu() for n, t in trainable_state(model).items()}
+@dataclass
+class Gathered:
+    """What a checkpoint holds besides the schedule and the progress, whole and on CPU."""
+
+    tensors: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]  # the JSON part of the optimizer state
+
+
+def gather_checkpoint(model: nn.Module, optimizer, masks: dict[str, torch.Tensor] | None = None,
+                      main: bool = True) -> Gathered | None:
+    """The checkpoint's tensors, whole, on the main process (None elsewhere).
+
+    For a sharded model (``--fsdp``) the trained tensors and the optimizer state are all-gathered,
+    so every process must call this; unsharded, only the main process needs to. ``masks``: the
+    prune masks of a pruned run (gradual pruning changes them as it goes; restoring re-applies them).
+    """
+    from .sharding import full_optimizer_state, full_tensors, reshard
+
+    reshard(model)  # the trained shards, not a unit left gathered by a forward pass
+    trained = full_tensors({n: p for n, p in model.named_parameters() if p.requires_grad}, main)
+    optimizer_state = full_optimizer_state(optimizer, main)
+    if not main:
+        return None
+    tensors = {f"model.{n}": t.contiguous() for n, t in trained.items()}
     tensors.update({f"mask.{n}": m.contiguous().cpu() for n, m in (masks or {}).items()})
     tensors.update({f"buffer.{n}": b.detach().contiguous().cpu() for n, b in _support_buffers(model).items()})
-    optimizer_tensors, optimizer_json = _optimizer_payload(optimizer)
+    optimizer_tensors, optimizer_json = _optimizer_payload(optimizer_state)
     tensors.update(optimizer_tensors)
+    return Gathered(tensors, optimizer_json)
+
+
+def write_checkpoint(run: Path, gathered: Gathered, scheduler, progress: Progress) -> None:
+    """Write ``RUN/checkpoint/`` (replacing the previous one whole): the main process only."""
     progress_dict = asdict(progress)
     progress_dict["best_score"] = None if progress.best_score == -math.inf else progress.best_score
-    state = {"format": FORMAT, "optimizer": optimizer_json, "scheduler": scheduler.state_dict(),
+    state = {"format": FORMAT, "optimizer": gathered.optimizer, "scheduler": scheduler.state_dict(),
              "progress": progress_dict}
     with atomic_directory(run / CHECKPOINT) as tmp:
-        save_file(tensors, str(tmp / TENSORS), metadata={"format": FORMAT})
+        save_file(gathered.tensors, str(tmp / TENSORS), metadata={"format": FORMAT})
         (tmp / STATE).write_text(json.dumps(state, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def save_checkpoint(run: Path, model: nn.Module, optimizer, scheduler, progress: Progress,
+                    masks: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``RUN/checkpoint/`` for an unsharded model (``gather_checkpoint`` + ``write_checkpoint``)."""
+    write_checkpoint(run, gather_checkpoint(model, optimizer, masks), scheduler, progress)
 
 
 def has_checkpoint(run: Path) -> bool:
@@ -128,6 +160,8 @@ def read_checkpoint(run: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
 
 
 def _load_optimizer(optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+    from .sharding import shard_optimizer_state
+
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -136,13 +170,13 @@ def _load_optimizer(optimizer, tensors: dict[str, torch.Tensor], saved: dict[str
     for key, value in saved["scalars"].items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    # a sharded optimizer (--fsdp) takes each process's shard of the whole tensors
+    optimizer.load_state_dict(shard_optimizer_state(optimizer, {"state": state, "param_groups": saved["param_groups"]}))
 
 
-def restore_checkpoint(run: Path, model: nn.Module, optimizer, scheduler) -> Progress:
-    """Load ``RUN/checkpoint/`` into ``model`` (unwrapped), ``optimizer`` and ``scheduler``; return
-    where training stood. Every check runs before anything is changed."""
-    tensors, state = read_checkpoint(run)
+def restore_model(run: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's trained tensors, Ω and prune masks into ``model`` (unsharded: before
+    ``--fsdp`` shards it). Every check runs before anything is changed."""
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     expected = {f"model.{n}" for n, p in params.items() if p.requires_grad}
@@ -168,6 +202,10 @@ def restore_checkpoint(run: Path, model: nn.Module, optimizer, scheduler) -> Pro
         from ..sparsity.unstructured import apply_masks_
 
         apply_masks_(model, masks)
+
+
+def restore_training(optimizer, scheduler, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> Progress:
+    """Load a checkpoint's optimizer state (sharded or not) and schedule; return where training stood."""
     _load_optimizer(optimizer, tensors, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     progress = dict(state["progress"])
@@ -175,3 +213,11 @@ def restore_checkpoint(run: Path, model: nn.Module, optimizer, scheduler) -> Pro
         progress["best_score"] = -math.inf
     known = {f.name for f in fields(Progress)}
     return Progress(**{k: v for k, v in progress.items() if k in known})
+
+
+def restore_checkpoint(run: Path, model: nn.Module, optimizer, scheduler) -> Progress:
+    """Load ``RUN/checkpoint/`` into ``model`` (unwrapped, unsharded), ``optimizer`` and ``scheduler``;
+    return where training stood."""
+    tensors, state = read_checkpoint(run)
+    restore_model(run, model, tensors)
+    return restore_training(optimizer, scheduler, tensors, state)

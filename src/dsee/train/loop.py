@@ -12,7 +12,12 @@ stops at once (the last periodic checkpoint then stands). One process writes a r
 (``lock.RunLock``).
 
 Built on Hugging Face Accelerate, so the same code runs on one CPU, one GPU, or many processes
-under ``torchrun`` / ``accelerate launch`` (distributed data parallel). AdamW, linear schedule
+under ``torchrun`` / ``accelerate launch`` (distributed data parallel). With ``--fsdp`` the model
+is sharded over the processes by PyTorch's FSDP2 instead of replicated (``sharding.py``); Accelerate
+then only runs the processes, the data and the optimizer wrapper: its own FSDP path does not run on
+CPUs, and it wraps any model it prepares on several CPU processes in DDP, which refuses sharded
+parameters. ``--gradient-checkpointing`` and ``--base-dtype bf16`` are applied to the model before
+sharding (``pipeline.apply_memory_settings``). AdamW, linear schedule
 with warm-up, gradient accumulation and clipping; evaluation every K steps and/or per epoch; the
 best dev checkpoint by the task's main metric is kept (``save_best``); the latest state is
 checkpointed (``checkpoint.py``) so that an interrupted run resumes where it stopped.
@@ -36,11 +41,13 @@ from torch.utils.data import DataLoader
 from ..adapters.inject import ParameterCount, count_parameters
 from ..adapters.io import save_adapter
 from ..models import resolve_model
-from .checkpoint import Progress, has_checkpoint, restore_checkpoint, save_checkpoint
+from .checkpoint import (Progress, gather_checkpoint, has_checkpoint, read_checkpoint, restore_model,
+                         restore_training, write_checkpoint)
 from .lock import RunLock
+from .sharding import full_model_state, full_tensors, is_sharded, reshard, shard_model
 from .evaluation import evaluate, evaluate_run, make_eval_loaders, score_of  # noqa: F401 (evaluate_run re-exported)
 from .losses import causal_lm_loss, training_loss  # noqa: F401 (causal_lm_loss re-exported)
-from .pipeline import TaskData, build_model, load_task_data, load_tokenizer
+from .pipeline import TaskData, apply_memory_settings, build_model, load_task_data, load_tokenizer
 from .run import (
     ADAPTER_DIR,
     METRICS,
@@ -106,7 +113,7 @@ class Session:
     run: Path
     accelerator: Any
     data: TaskData
-    model: nn.Module  # as prepared by Accelerate (a DDP wrapper in a distributed run)
+    model: nn.Module  # as prepared by Accelerate (a DDP wrapper in a distributed run), or sharded (--fsdp)
     unwrapped: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -124,6 +131,7 @@ class Session:
     running_count: int = 0
     stop_requested: bool = False  # set by the first Ctrl-C
     pruner: Any = None  # a GradualPruner for ``dsee prune --schedule gradual``
+    before_sharding: dict[str, Any] = field(default_factory=dict)  # ``facts_before_sharding``
 
     @property
     def main(self) -> bool:
@@ -131,12 +139,16 @@ class Session:
 
 
 def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
-    """Check RUN, load data and model, build optimizer and schedule. Nothing is written before the
-    data and model have loaded, so bad data or a bad model leaves no half-made run directory."""
+    """Check RUN, load data and model, build optimizer and schedule; on ``resume`` restore the
+    checkpoint. Nothing is written before the data and model have loaded, so bad data or a bad
+    model leaves no half-made run directory."""
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
     accelerator = make_accelerator(config)
+    if accelerator.distributed_type == "FSDP":  # accelerate launch --use_fsdp, or an fsdp_config
+        raise ValueError("Accelerate's own FSDP is configured (--use_fsdp or an fsdp_config in the accelerate "
+                         "config); dsee shards the model itself: launch without it and pass --fsdp to dsee")
     if accelerator.is_main_process or resume:  # read-only checks
         config = resolve_run(config, resume, overwrite)
     run = Path(config.out)
@@ -147,6 +159,13 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     tokenizer = load_tokenizer(model_path)
     model = build_model(config, data, model_path, tokenizer)
     count = count_parameters(model)
+    saved = read_checkpoint(run) if resume and has_checkpoint(run) else None
+    if saved is not None:  # whole, before any sharding
+        restore_model(run, model, saved[0])
+    before = facts_before_sharding(model, config)
+    apply_memory_settings(model, config)
+    if config.fsdp:
+        shard_model(model, accelerator.mixed_precision)
     if accelerator.is_main_process:
         if not resume:
             create_run_directory(config, overwrite)
@@ -155,9 +174,12 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
 
     train_examples = data.encode(data.train, tokenizer, config)
     eval_loaders = make_eval_loaders(data, tokenizer, config, config.eval_batch_size, accelerator)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # after sharding: this process's shards
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if is_sharded(model):  # Accelerate would wrap the model in DDP (module doc): the optimizer only
+        optimizer = accelerator.prepare_optimizer(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     per_process = math.ceil(len(train_examples) / (config.batch_size * accelerator.num_processes))
     steps_per_epoch = math.ceil(per_process / config.grad_accum)
     # 0 only for a pruned run evaluated without re-tuning
@@ -167,8 +189,41 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     s = Session(config, run, accelerator, data, model, accelerator.unwrap_model(model), optimizer, scheduler,
                 trainable, train_examples, data.collator(tokenizer), eval_loaders, per_process, total_steps,
                 count, wall_start)
+    s.before_sharding = before
     s.pruner = gradual_pruner(config, data, tokenizer, total_steps)
+    if saved is not None:
+        restore(s, *saved)
     return s
+
+
+def facts_before_sharding(model: nn.Module, config: RunConfig) -> dict[str, Any]:
+    """What is read from the whole fp32 model once, before ``--base-dtype`` and ``--fsdp`` change it.
+
+    ``fingerprint``: the base weights the adapter goes on (saved with it, so that loading it onto
+    the fp32 base model does not warn). With ``--fsdp`` also the prune masks (fixed: gradual
+    pruning is refused) and the model figures of metrics.json (structure, parameter counts and
+    sparsity do not change while the adapters train; the FLOPs and counts are read from the
+    whole weights here rather than gathered at the end).
+    """
+    from ..adapters.inject import is_adapted
+    from ..adapters.io import base_fingerprint
+
+    facts: dict[str, Any] = {}
+    if is_adapted(model):
+        facts["fingerprint"] = base_fingerprint(model)
+    if config.fsdp:
+        facts["masks"] = prune_masks(model, config)
+        facts["figures"] = model_figures(model, config)
+    return facts
+
+
+def prune_masks(model: nn.Module, config: RunConfig) -> dict[str, torch.Tensor] | None:
+    """The masks a pruned run's checkpoint holds (None for a run without unstructured pruning)."""
+    if config.prune is None or not (config.prune.get("sparsity") or config.prune.get("pattern")):
+        return None
+    from ..sparsity.unstructured import current_masks
+
+    return current_masks(model)
 
 
 def gradual_pruner(config: RunConfig, data: TaskData, tokenizer, total_steps: int):
@@ -186,39 +241,60 @@ def gradual_pruner(config: RunConfig, data: TaskData, tokenizer, total_steps: in
     return GradualPruner(settings, total_steps, calibration_batches_of(settings, data, tokenizer, config))
 
 
-def restore(s: Session) -> None:
-    """Continue from ``RUN/checkpoint/``: trainable tensors, Ω, optimizer, schedule, position."""
-    if not has_checkpoint(s.run):
-        return
-    s.progress = restore_checkpoint(s.run, s.unwrapped, s.optimizer, s.scheduler)
+def restore(s: Session, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Continue from ``RUN/checkpoint/``: the optimizer (its shards under ``--fsdp``), schedule and
+    position; the trained tensors, Ω and masks were loaded into the whole model before (``set_up``)."""
+    s.progress = restore_training(s.optimizer, s.scheduler, tensors, state)
     if s.main:
         truncate_eval_log(s.run, s.progress.step)
 
 
 def checkpoint(s: Session) -> None:
-    if s.main:
-        masks = None
-        if s.config.prune is not None and (s.config.prune.get("sparsity") or s.config.prune.get("pattern")):
-            from ..sparsity.unstructured import current_masks
+    """Write ``RUN/checkpoint/``: gathered on every process when sharded, written by the main one.
 
-            masks = current_masks(s.unwrapped)
-        save_checkpoint(s.run, s.unwrapped, s.optimizer, s.scheduler, s.progress, masks)
+    Every process waits until it is written: a process that stopped (Ctrl-C, the test hook) and
+    exited early could otherwise have the launcher end the main process in the middle of it.
+    """
+    sharded = is_sharded(s.unwrapped)
+    if sharded or s.main:
+        masks = s.before_sharding.get("masks") if sharded else prune_masks(s.unwrapped, s.config)
+        gathered = gather_checkpoint(s.unwrapped, s.optimizer, masks, s.main)
+        if s.main:
+            write_checkpoint(s.run, gathered, s.scheduler, s.progress)
+    if s.accelerator.num_processes > 1:
+        s.accelerator.wait_for_everyone()
 
 
 def save_best(s: Session) -> None:
-    """The kept (best dev) checkpoint: the adapter, or the whole model (full fine-tuning, pruned runs)."""
-    if not s.main:
-        return
-    if s.config.prune is not None:  # shapes and masks differ from the base model: the whole model
-        from ..sparsity.export import save_pretrained
+    """The kept (best dev) checkpoint: the adapter, or the whole model (full fine-tuning, pruned runs).
 
-        save_pretrained(s.unwrapped, s.run / MODEL_DIR)
-    elif s.config.method == "full":
-        with atomic_directory(s.run / MODEL_DIR) as tmp:
-            s.unwrapped.save_pretrained(tmp)
-    else:
+    A sharded model is gathered first (every process takes part), then the main process writes the
+    same files an unsharded run writes.
+    """
+    sharded = is_sharded(s.unwrapped)
+    if not (sharded or s.main):
+        return
+    if sharded:
+        reshard(s.unwrapped)  # the trained shards, not a unit left gathered by the evaluation
+    fingerprint = s.before_sharding.get("fingerprint")
+    if s.config.prune is not None or s.config.method == "full":
+        state = full_model_state(s.unwrapped, s.main) if sharded else None
+        if not s.main:
+            return
+        if s.config.prune is not None:  # shapes and masks differ from the base model: the whole model
+            from ..sparsity.export import save_pretrained
+
+            save_pretrained(s.unwrapped, s.run / MODEL_DIR, state_dict=state)
+        else:
+            with atomic_directory(s.run / MODEL_DIR) as tmp:
+                s.unwrapped.save_pretrained(tmp, state_dict=state)
+        return
+    from ..adapters.inject import adapter_state_dict
+
+    tensors = full_tensors(adapter_state_dict(s.unwrapped), s.main) if sharded else None
+    if s.main:
         with atomic_directory(s.run / ADAPTER_DIR) as tmp:
-            save_adapter(s.unwrapped, tmp)
+            save_adapter(s.unwrapped, tmp, tensors=tensors, fingerprint=fingerprint)
 
 
 def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None) -> None:
@@ -228,6 +304,8 @@ def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None
     data, progress = s.data, s.progress
     results = {name: evaluate(s.model, loader, s.accelerator, data.metric_kind)
                for name, loader in s.eval_loaders.items()}
+    if is_sharded(s.unwrapped):  # FSDP2 keeps the root unit gathered after a forward pass: free it
+        reshard(s.unwrapped)
     s.model.train()
     selection = results[data.selection_split]
     progress.last_eval_step = progress.step
@@ -349,7 +427,8 @@ def finish(s: Session) -> dict[str, Any]:
     }
     if data.task_type == "generation":
         metrics["truncated_sources"] = data.truncated_sources  # train and dev rows whose source was cut
-    metrics.update(model_figures(s.unwrapped, config))
+    # a sharded model's figures were read before sharding (``facts_before_sharding``)
+    metrics.update(s.before_sharding["figures"] if is_sharded(s.unwrapped) else model_figures(s.unwrapped, config))
     if s.main:
         save_json(s.run / METRICS, metrics)
     s.accelerator.wait_for_everyone()
@@ -370,7 +449,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
     try:
         s = set_up(config, resume, overwrite)
         with _stop_on_ctrl_c(s):
-            metrics = _train(s, resume, interrupt_after, show_progress)
+            metrics = _train(s, interrupt_after, show_progress)
     except BaseException:
         if lock is not None and _only_lock_left(Path(config.out), lock):
             lock.release()  # nothing was written: leave nothing behind
@@ -382,11 +461,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, inte
     return (metrics, s.unwrapped) if return_model else metrics
 
 
-def _train(s: Session, resume: bool, interrupt_after: int | None, show_progress: bool) -> dict[str, Any]:
+def _train(s: Session, interrupt_after: int | None, show_progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    if resume:
-        restore(s)
     s.bar = tqdm(total=s.total_steps, initial=s.progress.step, disable=not (s.main and show_progress), desc="train",
                  unit="step", dynamic_ncols=True, mininterval=1.0)
     s.model.train()

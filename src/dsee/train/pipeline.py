@@ -188,6 +188,34 @@ def build_model(config: RunConfig, data: TaskData, model_path: str | None = None
     return model
 
 
+BASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    """transformers' activation checkpointing of every block: each block keeps only its input and runs
+    again in the backward pass (``torch.utils.checkpoint``, non-reentrant, which replays the random
+    state, so dropout masks in the recomputation are those of the forward pass)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"--gradient-checkpointing: transformers' {type(model).__name__} does not support it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the older name is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # pragma: no cover - older transformers 5 releases
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
+
+
+def apply_memory_settings(model: nn.Module, config: RunConfig) -> nn.Module:
+    """``--base-dtype`` and ``--gradient-checkpointing`` on a built model (before ``--fsdp`` shards it)."""
+    if config.base_dtype != "fp32":
+        from ..adapters.precision import lower_frozen_precision_
+
+        lower_frozen_precision_(model, BASE_DTYPES[config.base_dtype])
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
 def build_pruned_model(config: RunConfig, data: TaskData, tokenizer=None) -> nn.Module:
     """The source run's kept model with ``config.prune`` applied; adapters and head trainable."""
     from .pruning import PruneSettings, check_source, importance_batches, prune_model_
@@ -229,14 +257,24 @@ def load_trained_model(run: str | Path, config: RunConfig | None = None, labels:
     if config.prune is not None:
         from ..sparsity.export import load_pretrained
 
-        return load_pretrained(saved)
+        return _as_trained(load_pretrained(saved), config)
     labels = labels if labels is not None else RunLabels.load(run)
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model(config.model))
     if config.method == "full":
         return base_model(str(saved), labels, tokenizer).eval()
     model = base_model(resolve_model(config.model), labels, tokenizer)
-    return load_adapter(model, saved).eval()
+    return _as_trained(load_adapter(model, saved), config).eval()
+
+
+def _as_trained(model: nn.Module, config: RunConfig) -> nn.Module:
+    """The kept model with the frozen weights in the dtype it was trained with (``--base-dtype``), so
+    that re-evaluating it gives the scores the run recorded."""
+    if config.base_dtype != "fp32":
+        from ..adapters.precision import lower_frozen_precision_
+
+        lower_frozen_precision_(model, BASE_DTYPES[config.base_dtype])
+    return model
 
 
 def load_run(run: str | Path) -> tuple[RunConfig, nn.Module, object]:

@@ -24,8 +24,13 @@ METHODS = ("dsee", "lora", "full")
 DEFAULT_LR = {"dsee": 1.5e-3, "lora": 1.5e-3, "full": 5e-5}
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
+BASE_DTYPES = ("fp32", "bf16")
+
 DATA, GENERATION, OPTIMISATION, SUPPORT = ("data", "text generation (decoder models)", "optimisation",
                                            "data-aware support (--sparse-method gradient)")
+SCALE = "memory and many processes (torchrun / accelerate launch)"
+# how a run is executed rather than what it trains: ``dsee prune`` takes them from its own flags
+SCALE_FIELDS = ("fsdp", "gradient_checkpointing", "base_dtype")
 
 
 @dataclass
@@ -81,6 +86,15 @@ class RunConfig:
                                   negative_flag="--no-eval-per-epoch")
     mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, none on CPU", group=OPTIMISATION,
                                   choices=PRECISIONS)
+    # memory and many processes (train/sharding.py, adapters/precision.py)
+    fsdp: bool = option(False, "shard the parameters, gradients and optimizer state over the processes (FSDP2: "
+                        "each transformer block, then the rest); launch with torchrun; one process: no effect",
+                        group=SCALE)
+    gradient_checkpointing: bool = option(False, "keep only each block's input and recompute its activations in "
+                                          "the backward pass (less memory, about a third more compute)", group=SCALE)
+    base_dtype: str = option("fp32", "storage dtype of the frozen weights: bf16 halves them (and the activations "
+                             "between blocks); adapters, task head and optimizer stay fp32", group=SCALE,
+                             choices=BASE_DTYPES)
     # a pruned run (``dsee prune``): PruneSettings.to_dict(); the model is the source run's, pruned
     prune: dict[str, Any] | None = None
 
@@ -95,6 +109,7 @@ class RunConfig:
             raise ValueError("no evaluation at all: set --eval-steps K or keep per-epoch evaluation")
         if self.prune is not None:
             self.prune = PruneSettings.from_dict(self.prune).to_dict()
+        self._check_scale()
         if self.method == "full":
             self.adapter = None
         else:
@@ -148,6 +163,19 @@ class RunConfig:
             raise self._bad("eval_steps", "must be >= 0")
         if self.support_warmup_steps < 0:
             raise self._bad("support_warmup_steps", "must be >= 0")
+
+    def _check_scale(self) -> None:
+        if self.base_dtype not in BASE_DTYPES:
+            raise self._bad("base_dtype", f"choose one of {', '.join(BASE_DTYPES)}")
+        if self.base_dtype != "fp32" and self.method == "full":
+            raise ValueError(f"--base-dtype {self.base_dtype} stores the frozen weights in lower precision; full "
+                             "fine-tuning trains every weight and freezes none: use --method dsee or lora")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ValueError("--fsdp with --mixed-precision fp16: fp16 needs a gradient scaler, which the sharded "
+                             "loop does not set up; use bf16 or no")
+        if self.fsdp and self.prune is not None and self.prune.get("schedule") == "gradual":
+            raise ValueError("--fsdp with --schedule gradual: gradual pruning ranks the full weights every few "
+                             "steps, which --fsdp keeps sharded; prune one-shot, or re-tune without --fsdp")
 
     @property
     def is_generation(self) -> bool:
