@@ -6,14 +6,18 @@ positions Ω chosen from the pre-trained weight before training. Read ``layer.py
 
 The final model can be made sparse too (paper §3.2): ``prune.py`` (unstructured masks kept through
 the merge), ``structure.py`` (heads and FFN neurons removed physically), ``export.py`` (saving and
-reloading models whose shapes changed), ``flops.py`` (what it saves).
+reloading models whose shapes changed), ``stock.py`` (when a stock config describes a pruned model),
+``flops.py`` (what it saves). ``deploy/`` exports any of them to ONNX and runs it with ONNX Runtime.
 
 ``import dsee`` does not import the training stack.
 """
 
 from .adapters.config import DSEEConfig
 from .adapters.support import compute_support
+from .deploy.onnx_export import export_onnx
+from .deploy.runtime import OnnxRuntimeModel
 from .sparsity.export import load_pretrained, save_pretrained
+from .sparsity.stock import stock_config
 from .sparsity.flops import forward_flops, parameter_counts
 from .adapters.inject import DSEEState, ParameterCount, add_dsee, count_parameters, merge_dsee, remove_dsee
 from .adapters.io import load_adapter, save_adapter
@@ -27,12 +31,14 @@ __all__ = [
     "DSEEConfig",
     "DSEELinear",
     "DSEEState",
+    "OnnxRuntimeModel",
     "ParameterCount",
     "SparseLowRankDelta",
     "add_dsee",
     "apply_masks_",
     "compute_support",
     "count_parameters",
+    "export_onnx",
     "forward_flops",
     "load_adapter",
     "load_pretrained",
@@ -44,6 +50,7 @@ __all__ = [
     "save_adapter",
     "save_pretrained",
     "sparsity_report",
+    "stock_config",
     "structure_plan",
     "unstructured_masks",
     "__version__",
