@@ -124,3 +124,20 @@ def _sentiment_csv(path, n, seed):
 def csv_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     return _sentiment_csv(d / "train.csv", 256, 0), _sentiment_csv(d / "dev.csv", 64, 1)
+
+
+# --- a second Python process that never imports dsee (what a deployment sees)
+
+def run_without_dsee(code: str, *args: str, timeout: float = 600) -> object:
+    """Run ``code`` in a fresh interpreter with ``args`` as ``sys.argv[1:]``; it must print one JSON value as its
+    last line. The process fails if anything imported dsee."""
+    import json
+    import subprocess
+    import sys
+
+    guard = '\nimport sys as _sys\nassert not any(m == "dsee" or m.startswith("dsee.") for m in _sys.modules), "dsee was imported"\n'
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, "-c", code + guard, *args], capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
