@@ -135,6 +135,7 @@ def test_deploy_user_errors(source_run, tmp_path, capsys, args, match):
 
 def test_an_onnx_export_is_not_timed_in_pytorch(source_run, tmp_path, capsys):
     pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
     onnx = tmp_path / "onnx"
     assert main(["export", str(source_run), "--out", str(onnx), "--format", "onnx"]) == 0
     assert main(["bench", str(onnx), "--backend", "torch,onnxruntime"]) == 2

@@ -116,10 +116,10 @@ def _random_batch(model: nn.Module, names: list[str], size: int, length: int, se
 def check_batches(model: nn.Module, names: list[str], tokenizer=None) -> list[dict[str, torch.Tensor]]:
     """Two batches whose shapes differ from the traced example's: one padded (3 rows), one not (1 row).
 
-    Tokenized ``CHECK_TEXTS`` (the middle one as a sentence pair where the graph takes token types)
-    when a tokenizer is given, random token ids otherwise.
+    Tokenized ``CHECK_TEXTS`` (as sentence pairs where the graph takes token types) when a tokenizer
+    that can pad is given, random token ids otherwise.
     """
-    if tokenizer is None:
+    if tokenizer is None or getattr(tokenizer, "pad_token_id", None) is None:
         return [_random_batch(model, names, 3, 11, 1, pad=True), _random_batch(model, names, 1, 5, 2, pad=False)]
     pairs = "token_type_ids" in names
     first = tokenizer(list(CHECK_TEXTS), list(CHECK_TEXTS[::-1]) if pairs else None, padding=True,
@@ -174,7 +174,8 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
     source.eval()
     try:
         names = input_names(source)
-        example = _random_batch(source, names, 2, 16, 0, pad=True)
+        device = next(source.parameters()).device
+        example = {k: v.to(device) for k, v in _random_batch(source, names, 2, 16, 0, pad=True).items()}
         with torch.no_grad():
             first = source(**example)
         output = "logits" if getattr(first, "logits", None) is not None else "last_hidden_state"
@@ -207,10 +208,11 @@ def _check(model: nn.Module, graph: nn.Module, file: Path, batches: list[dict], 
     from .runtime import OnnxRuntimeModel
 
     runner = OnnxRuntimeModel(file)
+    device = next(model.parameters()).device
     worst = 0.0
     for batch in batches:
         with torch.no_grad():
-            expected = graph(*(batch[n] for n in runner.input_names))
+            expected = graph(*(batch[n].to(device) for n in runner.input_names)).float().cpu()
         got = getattr(runner(**batch), graph.output)
         diff = (got - expected).abs().max().item()
         bound = atol * max(1.0, expected.abs().max().item())

@@ -205,7 +205,7 @@ class PruneSettings:
                                      positive=True)
     uniform: bool = option(False, "the same number of heads (from every key/value group) and FFN neurons removed "
                            "in every layer, checked to fit a stock config: `dsee export` then writes a checkpoint "
-                           "transformers loads (heads: Llama, Mistral, Qwen2/3, Gemma, DeBERTa-v2; FFN neurons: "
+                           "transformers loads (heads: Llama, Mistral, Qwen2/3, Gemma/Gemma2; FFN neurons: "
                            "every architecture)", group=STRUCTURED)
 
     def __post_init__(self) -> None:
