@@ -45,9 +45,10 @@ from dsee.sparsity.structure import remove_heads_, remove_neurons_  # noqa: E402
 STRUCTURED = ((0.25, 0.25), (0.25, 0.4), (0.5, 0.5))
 
 
-def adapted_model(seed: int = 0) -> torch.nn.Module:
+def adapted_model(seed: int = 0, model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """``model`` (default: the real all-MiniLM-L6-v2 classifier) with DSEE adapters holding random values."""
     torch.manual_seed(seed)
-    model = load_sequence_classifier(None, num_labels=2).eval()
+    model = (load_sequence_classifier(None, num_labels=2) if model is None else model).eval()
     add_dsee(model, DSEEConfig(rank=16, alpha=32, num_sparse=64))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -58,13 +59,19 @@ def adapted_model(seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def structured(base: torch.nn.Module, heads: float, ffn: float) -> torch.nn.Module:
+    """A merged copy of ``base`` with ``heads`` of the heads (by |ΔW|) and ``ffn`` of the FFN neurons (by
+    magnitude) of every layer removed."""
+    model = copy.deepcopy(base)
+    remove_heads_(model, removal_plan(delta_head_scores(model), heads))
+    remove_neurons_(model, removal_plan(magnitude_neuron_scores(model), ffn, what="FFN neurons"))
+    return merge_dsee(model)
+
+
 def variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
     models = {"unpruned": merge_dsee(copy.deepcopy(base))}
     for heads, ffn in STRUCTURED:
-        model = copy.deepcopy(base)
-        remove_heads_(model, removal_plan(delta_head_scores(model), heads))
-        remove_neurons_(model, removal_plan(magnitude_neuron_scores(model), ffn, what="FFN neurons"))
-        models[f"heads {heads:.0%} + ffn {ffn:.0%}"] = merge_dsee(model)
+        models[f"heads {heads:.0%} + ffn {ffn:.0%}"] = structured(base, heads, ffn)
     model = copy.deepcopy(base)
     apply_masks_(model, unstructured_masks(model, 0.5, score="weight+delta", scope="global"))
     models["unstructured 50%"] = merge_dsee(model)

@@ -138,3 +138,20 @@ def source_run(tmp_path_factory, tiny_model_dir, csv_data):
                     text_columns=["text"], label_column="label", max_length=32, epochs=2, batch_size=16,
                     lr=3e-2, adapter={"rank": 4, "num_sparse": 8}, seed=1), show_progress=False)
     return run
+
+
+# --- a second Python process that never imports dsee (what a deployment sees)
+
+def run_without_dsee(code: str, *args: str, timeout: float = 600) -> object:
+    """Run ``code`` in a fresh interpreter with ``args`` as ``sys.argv[1:]``; it must print one JSON value as its
+    last line. The process fails if anything imported dsee."""
+    import json
+    import subprocess
+    import sys
+
+    guard = '\nimport sys as _sys\nassert not any(m == "dsee" or m.startswith("dsee.") for m in _sys.modules), "dsee was imported"\n'
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, "-c", code + guard, *args], capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

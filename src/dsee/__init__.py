@@ -8,14 +8,18 @@ how Ω is chosen, ``arch.py`` for what each architecture looks like.
 The final model can be made sparse too (paper §3.2): ``sparsity/unstructured.py`` (masks kept through
 the merge; magnitude, Wanda, N:M), ``sparsity/structure.py`` (heads and FFN neurons removed
 physically), ``sparsity/export.py`` (saving and reloading models whose shapes changed),
-``sparsity/flops.py`` (what it saves).
+``sparsity/stock.py`` (when a stock config describes a pruned model), ``sparsity/flops.py`` (what
+it saves). ``deploy/`` exports any of them to ONNX and runs it with ONNX Runtime.
 
 ``import dsee`` does not import the training stack (``dsee.train``).
 """
 
 from .adapters.config import DSEEConfig
 from .adapters.support import compute_support
+from .deploy.onnx_export import export_onnx
+from .deploy.runtime import OnnxRuntimeModel
 from .sparsity.export import load_pretrained, save_pretrained
+from .sparsity.stock import stock_config
 from .sparsity.flops import forward_flops, parameter_counts
 from .adapters.inject import DSEEState, ParameterCount, add_dsee, count_parameters, merge_dsee, remove_dsee
 from .adapters.io import load_adapter, save_adapter
@@ -30,12 +34,14 @@ __all__ = [
     "DSEEConfig",
     "DSEELinear",
     "DSEEState",
+    "OnnxRuntimeModel",
     "ParameterCount",
     "SparseLowRankDelta",
     "add_dsee",
     "apply_masks_",
     "compute_support",
     "count_parameters",
+    "export_onnx",
     "forward_flops",
     "load_adapter",
     "load_pretrained",
@@ -48,6 +54,7 @@ __all__ = [
     "save_adapter",
     "save_pretrained",
     "sparsity_report",
+    "stock_config",
     "structure_plan",
     "unstructured_masks",
     "__version__",

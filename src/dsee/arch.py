@@ -84,6 +84,9 @@ class ConfigKeys:
     hidden: tuple[str, ...] = ("hidden_size", "n_embd", "d_model")
     ffn: tuple[str, ...] = ("intermediate_size", "n_inner", "ffn_dim")
     ffn_multiple: int = 4  # FFN size = ffn_multiple · hidden when the field is None (GPT-2's n_inner)
+    # the field that sets the rows per head apart from hidden / heads (Llama's head_dim); None: the model
+    # derives it from the head count, so a model with fewer heads has no stock config (``sparsity.stock``)
+    head_size: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ _LLAMA_BLOCK = BlockLayout(
     o="self_attn.o_proj", ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out="mlp.down_proj",
 )
 _BERT_QV = ("attention.self.query", "attention.self.value")
+_HEAD_DIM = ConfigKeys(head_size="head_dim")
 _QV_PROJ = ("q_proj", "v_proj")
 
 for _type in ("bert", "roberta", "xlm-roberta", "electra"):
@@ -143,7 +147,7 @@ register(ModelSpec("gpt2", fused=FusedLayout("attn.c_attn", "blocks"), block=Blo
     layers="h", attention="attn", qkv="attn.c_attn", o="attn.c_proj", ffn_in=("mlp.c_fc",), ffn_out="mlp.c_proj",
 )))
 for _type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"):
-    register(ModelSpec(_type, targets=_QV_PROJ, block=_LLAMA_BLOCK))
+    register(ModelSpec(_type, targets=_QV_PROJ, block=_LLAMA_BLOCK, keys=_HEAD_DIM))
 register(ModelSpec("opt", targets=_QV_PROJ))
 register(ModelSpec("phi3"))  # a fused qkv_proj of its own layout: give explicit targets
 
@@ -222,8 +226,8 @@ def hidden_size(config) -> int:
 
 
 def head_dim(config) -> int:
-    """Rows per head: the config's ``head_dim`` if set (Llama-family), else hidden size / heads."""
-    value = getattr(config, "head_dim", None)
+    """Rows per head: the config's head-size field if set (Llama-family ``head_dim``), else hidden size / heads."""
+    value = getattr(config, _keys(config).head_size or "head_dim", None)
     return value if isinstance(value, int) and value > 0 else hidden_size(config) // num_attention_heads(config)
 
 

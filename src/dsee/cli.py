@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .adapters.config import DSEEConfig
+from .deploy import MissingExtra
 from .options import add_options, values
 
 
@@ -167,10 +168,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a run's kept model, adapters merged (keeping prune masks' zeros), as a self-contained directory."""
     from .train.export_run import export_run
 
-    info = export_run(args.run, args.out, compact=args.compact, overwrite=args.overwrite, merge=not args.no_merge)
+    info = export_run(args.run, args.out, compact=args.compact, overwrite=args.overwrite, merge=not args.no_merge,
+                      format=args.format)
+    if info["format"] == "onnx":
+        check = info["check"]
+        print(f"exported {args.run} to {args.out}: {info['weights_file']}, {info['bytes_on_disk'] / 1e6:.2f} MB on "
+              f"disk; ONNX Runtime matches PyTorch within {check['max_abs_diff']:.2g}; run it with "
+              "onnxruntime or dsee.deploy.runtime.OnnxRuntimeModel")
+        return 0
     print(f"exported {args.run} to {args.out}: {info['weights_file']}, {info['bytes_on_disk'] / 1e6:.2f} MB on disk "
           f"(dense {info['dense_bytes'] / 1e6:.2f} MB); "
-          + ("loads with transformers' from_pretrained" if info["stock"] else "load it with dsee.load_pretrained"))
+          + ("loads with transformers' from_pretrained and pipeline" if info["stock"]
+             else f"load it with dsee.load_pretrained ({info['stock_problem']})"))
     return 0
 
 
@@ -195,24 +204,44 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Latency of exported models side by side."""
-    from .evaluation.bench import devices, semi_structured_candidates, semi_structured_copy, time_models
-    from .sparsity.export import load_pretrained
+    """Latency of exported models side by side, in PyTorch and/or ONNX Runtime."""
+    import tempfile
 
-    models = {path: load_pretrained(path) for path in [args.dir, *(args.vs or [])]}
-    two_of_four = [name for name, model in models.items() if semi_structured_candidates(model)]
+    from .evaluation.bench import backend_models, parse_backends
+
+    backends = parse_backends(args.backend)
+    if "onnxruntime" in backends:
+        import torch
+
+        print(f"threads: torch {torch.get_num_threads()}, onnxruntime {torch.get_num_threads()} intra-op (1 inter-op, "
+              "sequential, all graph optimizations)")
+    with tempfile.TemporaryDirectory(prefix="dsee-bench-") as scratch:
+        models = backend_models([args.dir, *(args.vs or [])], backends, scratch, log=print)
+        _bench(args, models)
+    return 0
+
+
+def _bench(args: argparse.Namespace, models: dict) -> None:
+    from torch import nn
+
+    from .evaluation.bench import devices, semi_structured_candidates, semi_structured_copy, time_models
+
+    torch_models = {name: model for name, model in models.items() if isinstance(model, nn.Module)}
+    two_of_four = [name for name, model in torch_models.items() if semi_structured_candidates(model)]
     if two_of_four and "cuda" not in devices():
         print(f"2:4 sparse kernels: skipped for {', '.join(two_of_four)} (they need a CUDA GPU; on CPU the "
               "weights run dense)")
     elif two_of_four:
         models.update({f"{name} [2:4 kernels]": semi_structured_copy(models[name]) for name in two_of_four})
     for device in devices():
-        here = {n: m for n, m in models.items() if device == "cuda" or not n.endswith("[2:4 kernels]")}
+        here = {n: m for n, m in models.items() if (device == "cuda" or not n.endswith("[2:4 kernels]"))
+                and (device == "cpu" or isinstance(m, nn.Module))}  # ONNX Runtime: its CPU provider only
+        if not here:
+            continue
         for t in time_models(here, batch_size=args.batch_size, seq_len=args.seq_len, rounds=args.rounds,
                              device=device):
-            print(f"{t.device:5s} {t.name:40s} median {1000 * t.median_s:8.1f} ms (q1 {1000 * t.q1_s:.1f}, "
+            print(f"{t.device:5s} {t.name:50s} median {1000 * t.median_s:8.1f} ms (q1 {1000 * t.q1_s:.1f}, "
                   f"q3 {1000 * t.q3_s:.1f}) · {t.examples_per_s:7.1f} ex/s · ×{t.ratio_to_first:.3f} of the first")
-    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -293,6 +322,9 @@ def _add_export_and_generate(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--compact", action="store_true", help="store mostly-zero matrices as bitmask + values")
     p.add_argument("--no-merge", action="store_true", help="keep the adapters unmerged")
+    p.add_argument("--format", default="transformers", choices=("transformers", "onnx"),
+                   help="transformers: save_pretrained (a stock checkpoint where a stock config describes the model); "
+                        "onnx: model.onnx for ONNX Runtime, any model, checked against PyTorch (needs dsee[onnx])")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("generate", help="generate text with a fine-tuned decoder run")
@@ -311,6 +343,10 @@ def _add_bench_and_report(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--backend", default="torch",
+                   help="torch, onnxruntime, or both as torch,onnxruntime: every model on each, timed interleaved "
+                        "(ONNX Runtime: CPU, all graph optimizations, torch's thread count; a dsee export is "
+                        "converted to ONNX first, an ONNX export runs on onnxruntime only)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="table and plots of dev score against FLOPs and sparsity across runs")
     p.add_argument("runs", nargs="+")
@@ -327,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # errors of the user's making: a message and exit code 2 (anything else is a bug: traceback, exit 1)
+# (MissingExtra: an optional package the request needs is not installed; the message says how to add it)
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+               PermissionError, MissingExtra)
 
 
 def main(argv: list[str] | None = None) -> int:

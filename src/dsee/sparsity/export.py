@@ -11,8 +11,11 @@ the weights strictly, so every key and shape must match.
 
 Weights: ``model.safetensors`` (dense), or with ``compact=True`` ``model.compact.safetensors``,
 where mostly-zero matrices are stored as a bitmask plus their non-zero values (``sparse_io``).
-A model with its original shapes, no adapters and dense weights is written by transformers'
-own ``save_pretrained``, so a plain ``AutoModel*.from_pretrained(DIR)`` loads it as well.
+A model with no adapters and dense weights whose shapes a stock config describes (its original
+shapes, or the same smaller sizes in every layer where the architecture's config can say so:
+``stock.stock_config``) is written by transformers' own ``save_pretrained``, with that config, so
+a plain ``AutoModel*.from_pretrained(DIR)`` and ``transformers.pipeline`` load it as well; the
+manifest then says ``"stock": true`` and records what was removed, for the record only.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..adapters.inject import dsee_layers, inject
 from ..files import atomic_directory
 from ..adapters.layer import linear_shape
 from ..arch import model_class_name
+from .stock import stock_config, stock_problem
 from .structure import apply_structure_, structure_plan
 
 MANIFEST = "dsee_model.json"
@@ -58,6 +62,10 @@ def manifest_of(model: nn.Module) -> dict[str, Any]:
 
 
 def _is_stock(manifest: dict[str, Any]) -> bool:
+    """Did ``save_pretrained`` write this directory with transformers' own files? (Manifests written
+    before ``"stock"`` existed: original shapes and no adapters.)"""
+    if "stock" in manifest:
+        return bool(manifest["stock"])
     structure = manifest["structure"]
     return not structure["heads"] and not structure["neurons"] and manifest["adapter"] is None
 
@@ -80,14 +88,25 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, compact: bool = 
 
     ``state_dict``: the model's weights when its own are not whole (a sharded model's, gathered).
 
-    Returns ``{"weights_file", "bytes_on_disk", "dense_bytes", "stock"}``; ``stock`` is True when
-    a plain transformers ``from_pretrained`` loads the directory.
+    Returns ``{"weights_file", "bytes_on_disk", "dense_bytes", "stock", "stock_problem"}``; ``stock``
+    is True when a plain transformers ``from_pretrained`` loads the directory, ``stock_problem``
+    says why not otherwise.
     """
     manifest = manifest_of(model)
-    stock = _is_stock(manifest) and not compact
+    if manifest["adapter"] is not None:
+        problem = "the adapters are not merged (dsee.merge_dsee)"
+    elif compact:
+        problem = "compact weights are dsee's own format"
+    else:
+        problem = stock_problem(model)
+    manifest["stock"] = stock = problem is None
     with atomic_directory(directory) as tmp:
         if stock:
             model.save_pretrained(tmp, state_dict=state_dict)
+            if manifest["structure"]["heads"] or manifest["structure"]["neurons"]:
+                # the sizes of the pruned layers, over the config transformers wrote (made after its
+                # save, so that the fields it sets there, e.g. architectures, are kept)
+                stock_config(model).save_pretrained(tmp)
             weights = tmp / DENSE_WEIGHTS
             dense_bytes = weights.stat().st_size
         else:
@@ -111,7 +130,8 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, compact: bool = 
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         size = weights.stat().st_size
-    return {"weights_file": weights.name, "bytes_on_disk": size, "dense_bytes": dense_bytes, "stock": stock}
+    return {"weights_file": weights.name, "bytes_on_disk": size, "dense_bytes": dense_bytes, "stock": stock,
+            "stock_problem": problem}
 
 
 def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:

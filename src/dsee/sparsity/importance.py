@@ -126,17 +126,26 @@ def _normalise(scores: torch.Tensor) -> torch.Tensor:
 
 
 def removal_plan(scores: list[torch.Tensor], fraction: float, *, per_layer: bool = True,
-                 group_sizes: list[int] | None = None, what: str = "heads") -> dict[int, list[int]]:
+                 group_sizes: list[int] | None = None, what: str = "heads", uniform: bool = False
+                 ) -> dict[int, list[int]]:
     """The lowest-scoring ``fraction`` of units to remove: ``{layer: [index, ...]}``.
 
     Per layer: round(fraction · units) from every layer. Global: round(fraction · all units) from
     one ranking, skipping a unit that would be its layer's last. With grouped-query attention
     (``group_sizes[i] > 1``) per-layer removal takes the same number from every key/value group.
+    ``uniform``: the plan must leave every layer the same size (what a stock config can describe,
+    ``stock.stock_config``): per layer, on layers of equal sizes and group sizes; refused otherwise.
     Raises ValueError when a layer would be emptied.
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"{what} fraction {fraction}: must be in [0, 1)")
     group_sizes = group_sizes or [1] * len(scores)
+    if uniform:
+        if not per_layer:
+            raise ValueError(f"a uniform plan removes the same number of {what} from every layer: it cannot be global")
+        if len({len(s) for s in scores}) > 1 or len(set(group_sizes)) > 1:
+            raise ValueError(f"the layers have different numbers of {what} ({[len(s) for s in scores]}, groups of "
+                             f"{group_sizes}): a per-layer fraction would not leave them equal")
     plan: dict[int, list[int]] = {}
     if per_layer:
         for layer, (s, g) in enumerate(zip(scores, group_sizes)):

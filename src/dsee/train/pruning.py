@@ -2,6 +2,7 @@
 
     dsee prune RUN --out RUN2 --sparsity 0.5 [--scope --score]          unstructured
     dsee prune RUN --out RUN2 --heads 0.25 --ffn 0.25 [--head-score]    structured
+    dsee prune RUN --out RUN2 --heads 0.34 --ffn 0.25 --uniform         structured, a stock checkpoint
 
 RUN2 is a run directory like any other (``run.py``): its ``run_config.json`` holds the source
 run's settings plus ``prune`` (``PruneSettings``), its ``model/`` the kept (best dev) pruned model
@@ -26,6 +27,7 @@ from ..registry import Registry
 from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES, head_group_sizes, removal_plan
 from .settings import PruneSettings  # noqa: F401 (re-exported)
 from ..sparsity.unstructured import apply_masks_, current_masks, sparsity_report, unstructured_masks
+from ..sparsity.stock import check_describable, stock_config
 from ..sparsity.structure import remove_heads_, remove_neurons_, structure_plan
 
 
@@ -71,18 +73,23 @@ def prune_model_(model: nn.Module, settings: PruneSettings, batches=None, calibr
     calibration score (wanda).
     """
     removed: dict[str, Any] = {}
+    if settings.uniform:  # before any scoring: an architecture that cannot be stock fails at once
+        check_describable(model, heads=bool(settings.heads), ffn=bool(settings.ffn))
     if settings.structured:
         cache: dict = {}
         head_scores = _unit_scores(HEAD_SCORES, settings.head_score, model, batches, cache) if settings.heads else None
         neuron_scores = _unit_scores(NEURON_SCORES, settings.ffn_score, model, batches, cache) if settings.ffn else None
         if settings.heads:
             plan = removal_plan(head_scores, settings.heads, per_layer=settings.per_layer,
-                                group_sizes=head_group_sizes(model), what="heads")
+                                group_sizes=head_group_sizes(model), what="heads", uniform=settings.uniform)
             remove_heads_(model, plan)
         if settings.ffn:
-            plan = removal_plan(neuron_scores, settings.ffn, per_layer=settings.per_layer, what="FFN neurons")
+            plan = removal_plan(neuron_scores, settings.ffn, per_layer=settings.per_layer, what="FFN neurons",
+                                uniform=settings.uniform)
             remove_neurons_(model, plan)
         removed = structure_plan(model)
+        if settings.uniform:
+            stock_config(model)  # raises, saying why, if the result is not what a stock config describes
     if settings.unstructured and settings.schedule == "oneshot":
         masks = unstructured_masks(model, settings.sparsity, score=settings.score, scope=settings.scope,
                                    adapted_sparsity=settings.adapted_sparsity, pattern=settings.pattern,

@@ -231,6 +231,10 @@ class PruneSettings:
                              group=STRUCTURED, negative_flag="--global")
     importance_batches: int = option(8, "training batches for the importance scores", group=STRUCTURED,
                                      positive=True)
+    uniform: bool = option(False, "the same number of heads (from every key/value group) and FFN neurons removed "
+                           "in every layer, checked to fit a stock config: `dsee export` then writes a checkpoint "
+                           "transformers loads (heads: Llama, Mistral, Qwen2/3, Gemma/Gemma2; FFN neurons: "
+                           "every architecture)", group=STRUCTURED)
 
     def __post_init__(self) -> None:
         for name in ("sparsity", "adapted_sparsity", "heads", "ffn"):
@@ -251,6 +255,10 @@ class PruneSettings:
             raise ValueError(f"--head-score {self.head_score}: choose one of {', '.join(HEAD_SCORES)}")
         if self.ffn_score not in NEURON_SCORES:
             raise ValueError(f"--ffn-score {self.ffn_score}: choose one of {', '.join(NEURON_SCORES)}")
+        if self.uniform and not self.structured:
+            raise ValueError("--uniform is about removing heads and FFN neurons: give --heads and/or --ffn")
+        if self.uniform and not self.per_layer:
+            raise ValueError("--uniform removes the same number from every layer: it does not go with --global")
         for name in ("importance_batches", "calibration_batches", "prune_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
