@@ -118,6 +118,11 @@ def test_a_real_signal_then_resume_is_exact(tmp_path, dropout_model_dir, csv_dat
     proc = subprocess.Popen(_cli(run, dropout_model_dir, csv_data), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_log(run, 1, proc)
+    if how == "kill":  # the evaluation's line is logged just before its checkpoint: wait for that too
+        start = time.time()
+        while not (run / "checkpoint" / "state.json").is_file():
+            assert proc.poll() is None and time.time() - start < 120, proc.communicate()
+            time.sleep(0.02)
     proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     if how == "sigint":
