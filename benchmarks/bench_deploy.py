@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS_PATH, CpuMeter, print_table, record  # noqa: E402
-from bench_pruned import STRUCTURED, adapted_model, structured  # noqa: E402
+from bench_pruned import adapted_model, structured_variants  # noqa: E402
 
-from dsee import OnnxRuntimeModel, export_onnx, merge_dsee  # noqa: E402
+from dsee import OnnxRuntimeModel, export_onnx  # noqa: E402
 from dsee.evaluation.bench import time_models  # noqa: E402
 from dsee.sparsity.flops import forward_flops  # noqa: E402
 
@@ -55,13 +55,7 @@ def tiny_base() -> torch.nn.Module:
 
 
 def build(quick: bool) -> dict[str, torch.nn.Module]:
-    import copy
-
-    base = tiny_base() if quick else adapted_model()
-    models = {"unpruned": merge_dsee(copy.deepcopy(base))}
-    for heads, ffn in STRUCTURED:
-        models[f"heads {heads:.0%} + ffn {ffn:.0%}"] = structured(base, heads, ffn)
-    return models
+    return structured_variants(tiny_base() if quick else adapted_model())
 
 
 def main(argv=None) -> dict:

@@ -68,10 +68,16 @@ def structured(base: torch.nn.Module, heads: float, ffn: float) -> torch.nn.Modu
     return merge_dsee(model)
 
 
-def variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def structured_variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The merged unpruned model and each ``STRUCTURED`` (heads, FFN) share removed, by name."""
     models = {"unpruned": merge_dsee(copy.deepcopy(base))}
     for heads, ffn in STRUCTURED:
         models[f"heads {heads:.0%} + ffn {ffn:.0%}"] = structured(base, heads, ffn)
+    return models
+
+
+def variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    models = structured_variants(base)
     model = copy.deepcopy(base)
     apply_masks_(model, unstructured_masks(model, 0.5, score="weight+delta", scope="global"))
     models["unstructured 50%"] = merge_dsee(model)
