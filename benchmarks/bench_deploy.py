@@ -24,7 +24,6 @@ backend's speedup over the same backend's unpruned model; ORT's speedup as a sha
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import RESULTS_PATH, CpuMeter, print_table, record  # noqa: E402
-from bench_pruned import adapted_model, structured_variants  # noqa: E402
+from bench_pruned import adapted_model, structured_variants, timing_parser  # noqa: E402
 
 from dsee import OnnxRuntimeModel, export_onnx  # noqa: E402
 from dsee.evaluation.bench import time_models  # noqa: E402
@@ -59,11 +58,7 @@ def build(quick: bool) -> dict[str, torch.nn.Module]:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--passes", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
+    p = timing_parser(__doc__)
     p.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads (default: torch's)")
     p.add_argument("--quick", action="store_true", help="tiny random model, batch 2 x 16, 2 rounds: a smoke run")
     p.add_argument("--no-record", action="store_true", help="print only; do not append to results.jsonl")

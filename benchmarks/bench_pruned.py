@@ -84,12 +84,18 @@ def variants(base: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return models
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def timing_parser(description: str) -> argparse.ArgumentParser:
+    """The options of an inference-latency benchmark: interleaved rounds of passes at batch × length."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
+    return p
+
+
+def main(argv=None) -> dict:
+    p = timing_parser(__doc__)
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
