@@ -261,7 +261,8 @@ def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
     ax2.set_title("unstructured, re-tuned (dashed: the 1-point bar at 50%)", fontsize=10)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a panel with nothing run yet stays empty
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
