@@ -82,6 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablation-rank", type=int, default=16, help="the budget of the support ablation")
     p.add_argument("--ablation-methods", default="magnitude,random,gradient")
     p.add_argument("--ablation-tasks", default="mrpc,stsb,sst2", help="the tasks the ablation runs on (CPU budget)")
+    p.add_argument("--ablation-lrs", default="",
+                   help="per-support grids searched at seed 0, e.g. 'gradient=7.5e-4,1.5e-3,3e-3;random=3e-3' "
+                        "(a support not named runs at the winning split's rate)")
     p.add_argument("--support-batches", type=int, default=8)
     p.add_argument("--support-warmup-steps", type=int, default=64, help="RoSA's wl64")
     # GLUE protocol (the GLUE experiment's): 2,000 training examples, 3 epochs, batch 32, max length 128
@@ -279,16 +282,52 @@ def best_split(args, tasks, cells) -> str | None:
     return max(means, key=means.get) if means else None
 
 
-def ablation(args, tasks, rates, split, cells) -> None:
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for task in tasks:
-            if (task, split) not in rates or task not in args.ablation_tasks.split(","):
+def ablation_grids(text: str) -> dict[str, list[float]]:
+    """``'gradient=7.5e-4,1.5e-3;random=3e-3'`` -> ``{"gradient": [7.5e-4, 1.5e-3], "random": [3e-3]}``."""
+    grids = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        support, sep, rates = part.partition("=")
+        if not sep or not rates:
+            raise SystemExit(f"--ablation-lrs: {part!r} is not SUPPORT=LR[,LR...]")
+        grids[support.strip()] = [float(x) for x in rates.split(",")]
+    return grids
+
+
+def ablation_rates(args, tasks, rates, split) -> dict[tuple[str, str], float]:
+    """Per (task, support): the winning split's rate, or with ``--ablation-lrs`` the rate of that grid
+    with the best probe value at seed 0 (a support may need another rate than GreBsmo's)."""
+    grids = ablation_grids(args.ablation_lrs)
+    seed0 = int(args.seeds.split(",")[0])
+    chosen = {}
+    for task in tasks:
+        if (task, split) not in rates or task not in args.ablation_tasks.split(","):
+            continue
+        for support in args.ablation_methods.split(","):
+            grid = grids.get(support)
+            if not grid:
+                chosen[task, support] = rates[task, split]
                 continue
-            for support in args.ablation_methods.split(","):
-                v = variant(split, args.ablation_rank, support)
-                entry = run_one(args, task, v, rates[task, split], seed, args.finished)
+            v = variant(split, args.ablation_rank, support)
+            results = {}
+            for lr in grid:
+                entry = run_one(args, task, v, lr, seed0, args.finished)
                 if entry is not None:
-                    cells.setdefault((task, split, support, args.ablation_rank), []).append(entry)
+                    results[lr] = probe_value(entry, task)
+            if len(results) == len(grid):
+                chosen[task, support] = max(sorted(results), key=lambda lr: results[lr])  # ties: the smaller rate
+    return chosen
+
+
+def ablation(args, tasks, rates, split, cells) -> dict[tuple[str, str], float]:
+    """The support ablation at ``split`` and ``--ablation-rank``'s budget; returns the rate of each support."""
+    support_rates = ablation_rates(args, tasks, rates, split)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for (task, support), lr in support_rates.items():
+            v = variant(split, args.ablation_rank, support)
+            entry = run_one(args, task, v, lr, seed, args.finished)
+            if entry is not None:
+                cells.setdefault((task, split, support, args.ablation_rank), []).append(entry)
+    return support_rates
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -461,8 +500,7 @@ def main(argv=None) -> int:
     rates = choose_rates(args, glue, lambda task: kinds(args))
     collect(args, glue, lambda task: kinds(args), rates, cells)
     split = best_split(args, glue, cells)
-    if split is not None:
-        ablation(args, glue, rates, split, cells)
+    support_rates = ablation(args, glue, rates, split, cells) if split is not None else {}
     # 3. E2E: LoRA and the winning split (or the splits asked for) at its budgets
     if "e2e" in tasks:
         e2e_kinds = ["lora"] + ([split] if args.e2e_splits == "winner" and split else
@@ -472,6 +510,9 @@ def main(argv=None) -> int:
         rates.update(e2e_rates)
         collect(args, ["e2e"], lambda task: e2e_kinds, e2e_rates, cells)
     chosen = "; ".join(f"{TASK_LABEL[t]} {k}: {lr:g}" for (t, k), lr in rates.items())
+    if args.ablation_lrs:
+        chosen += f"; ablation (grids {args.ablation_lrs}): " + "; ".join(
+            f"{TASK_LABEL[t]} {s}: {lr:g}" for (t, s), lr in support_rates.items())
     text = ("# LoRA vs DSEE at equal trainable parameters\n\n"
             f"Learning rates: {chosen}.\n"
             + frontier_table(args, tasks, cells) + overall_table(args, tasks, cells)

@@ -43,3 +43,11 @@ def test_every_split_buys_lora_budget(task, rank, split):
     assert abs(counts[split] - counts["lora"]) <= 4
     _, settings = frontier.adapter_settings(task, frontier.variant(split, rank), seed=0)
     assert settings["alpha"] == 2 * settings["rank"]  # s = 2 at every rank
+
+
+def test_ablation_grids_name_a_grid_per_support():
+    assert frontier.ablation_grids("gradient=7.5e-4,1.5e-3; random=3e-3") == {
+        "gradient": [7.5e-4, 1.5e-3], "random": [3e-3]}
+    assert frontier.ablation_grids("") == {}
+    with pytest.raises(SystemExit, match="SUPPORT=LR"):
+        frontier.ablation_grids("7.5e-4,1.5e-3")
