@@ -5,8 +5,8 @@ data-free methods rebuilt on the same base model at the same budget, per adapted
 
 - rows / columns touched: the share of the d_out rows and d_in columns holding at least one entry;
 - top-10 columns: the share of the N entries in the 10 columns that hold the most;
-- activation weight: the mean over Ω of ‖X_j‖₂ (the input feature's norm over calibration tokens,
-  Wanda's statistic) divided by the mean over all columns: 1 for a support blind to activations,
+- activation weight: the mean over Ω of ‖X_j‖₂ (the input feature's norm over calibration tokens in
+  the pre-trained model, Wanda's statistic) divided by the mean over all columns: 1 for a support blind to activations,
   above 1 when Ω sits on the columns that multiply the largest inputs (outlier features).
 
 Each number is the mean over the adapted matrices. A support concentrated on whole columns of
@@ -84,9 +84,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"{run}: model/task {config.model}/{config.task} differ from the first run's")
         model = load_trained_model(run, config, tokenizer=tokenizer)
         omega = supports(model)
-        if norms is None:  # the frozen W0 is the same in every run: one set of input norms
+        if norms is None:  # of the pre-trained model, without any run's adapters: the same for every support
             batches = calibration_batches(data, tokenizer, first, args.calibration_batches)
-            norms = input_norms(model, list(omega), batches)
+            norms = input_norms(base_model(resolve_model(first.model), data, tokenizer), list(omega), batches)
         shapes[f"{config.dsee_config().sparse_method} ({run})"] = shape_of(omega, norms)
     for method in filter(None, args.methods.split(",")):
         model = base_model(resolve_model(first.model), data, tokenizer)
