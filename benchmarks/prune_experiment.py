@@ -227,17 +227,23 @@ def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for t in tasks:
+    structured = any("heads" in e["key"]["variant"] for e in entries)
+    if structured:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    else:  # no heads/neurons removed in these runs: only the unstructured panel
+        fig, ax2 = plt.subplots(1, 1, figsize=(6.5, 4.5))
+        ax1 = None
+    for t in tasks if structured else ():
         mine = [e for e in entries if e["key"]["task"] == t and "heads" in e["key"]["variant"]
                 and "importance" in e["key"]["variant"]]
         if mine:
             points = sorted((e["metrics"]["flops"] / e["source"]["flops"], 100 * e["metrics"]["score"]) for e in mine)
             ax1.plot([100 * x for x, _ in points], [y for _, y in points], "o-", label=TASK_LABEL.get(t, t))
-    ax1.set_xlabel("inference FLOPs (% of unpruned, 128 tokens)")
-    ax1.set_ylabel("dev score (×100) after re-tuning")
-    ax1.set_title("heads + FFN neurons removed (importance)", fontsize=10)
-    ax1.invert_xaxis()
+    if ax1 is not None:
+        ax1.set_xlabel("inference FLOPs (% of unpruned, 128 tokens)")
+        ax1.set_ylabel("dev score (×100) after re-tuning")
+        ax1.set_title("heads + FFN neurons removed (importance)", fontsize=10)
+        ax1.invert_xaxis()
     methods = {"magnitude": ("weight", ""), "wanda": ("wanda", ""), "magnitude, gradual": ("weight", " gradual"),
                "wanda, gradual": ("wanda", " gradual")}
     for label_, (score, schedule) in methods.items():
@@ -259,7 +265,7 @@ def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
     ax2.set_xlabel("unstructured sparsity of the blocks' weights (%)")
     ax2.set_ylabel("average Δ dev score vs unpruned DSEE (×100)")
     ax2.set_title("unstructured, re-tuned (dashed: the 1-point bar at 50%)", fontsize=10)
-    for ax in (ax1, ax2):
+    for ax in filter(None, (ax1, ax2)):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # a panel with nothing run yet stays empty
             ax.legend(fontsize=8)
