@@ -231,24 +231,29 @@ def ranks_of(args, task: str) -> list[int]:
     return [int(r) for r in (args.e2e_ranks if task == "e2e" else args.ranks).split(",")]
 
 
-def choose_rates(args, tasks, kinds_of) -> dict[tuple[str, str], float]:
-    """Per (task, kind): the one rate given, or the rate of the grid with the best probe value at seed 0
-    at ``--probe-rank``'s budget."""
+def probe_rate(args, task: str, v: dict, grid: list[float]) -> float | None:
+    """The one rate given, or the rate of ``grid`` whose run of ``v`` at the first seed has the best probe
+    value (ties: the smaller rate); None while a probe run is missing (report-only)."""
+    if len(grid) == 1:
+        return grid[0]
     seed0 = int(args.seeds.split(",")[0])
+    results = {}
+    for lr in grid:
+        entry = run_one(args, task, v, lr, seed0, args.finished)
+        if entry is not None:
+            results[lr] = probe_value(entry, task)
+    return max(sorted(results), key=lambda lr: results[lr]) if len(results) == len(grid) else None
+
+
+def choose_rates(args, tasks, kinds_of) -> dict[tuple[str, str], float]:
+    """Per (task, kind): ``probe_rate`` over the task's grid at ``--probe-rank``'s budget."""
     rates = {}
     for task in tasks:
         grid = [float(x) for x in (args.e2e_lrs if task == "e2e" else args.glue_lrs).split(",")]
         for kind in kinds_of(task):
-            if len(grid) == 1:
-                rates[task, kind] = grid[0]
-                continue
-            results = {}
-            for lr in grid:
-                entry = run_one(args, task, variant(kind, args.probe_rank), lr, seed0, args.finished)
-                if entry is not None:
-                    results[lr] = probe_value(entry, task)
-            if len(results) == len(grid):
-                rates[task, kind] = max(sorted(results), key=lambda lr: results[lr])  # ties: the smaller rate
+            lr = probe_rate(args, task, variant(kind, args.probe_rank), grid)
+            if lr is not None:
+                rates[task, kind] = lr
     return rates
 
 
@@ -297,24 +302,15 @@ def ablation_rates(args, tasks, rates, split) -> dict[tuple[str, str], float]:
     """Per (task, support): the winning split's rate, or with ``--ablation-lrs`` the rate of that grid
     with the best probe value at seed 0 (a support may need another rate than GreBsmo's)."""
     grids = ablation_grids(args.ablation_lrs)
-    seed0 = int(args.seeds.split(",")[0])
     chosen = {}
     for task in tasks:
         if (task, split) not in rates or task not in args.ablation_tasks.split(","):
             continue
         for support in args.ablation_methods.split(","):
-            grid = grids.get(support)
-            if not grid:
-                chosen[task, support] = rates[task, split]
-                continue
-            v = variant(split, args.ablation_rank, support)
-            results = {}
-            for lr in grid:
-                entry = run_one(args, task, v, lr, seed0, args.finished)
-                if entry is not None:
-                    results[lr] = probe_value(entry, task)
-            if len(results) == len(grid):
-                chosen[task, support] = max(sorted(results), key=lambda lr: results[lr])  # ties: the smaller rate
+            grid = grids.get(support, [rates[task, split]])
+            lr = probe_rate(args, task, variant(split, args.ablation_rank, support), grid)
+            if lr is not None:
+                chosen[task, support] = lr
     return chosen
 
 

@@ -227,19 +227,19 @@ def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    structured = any("heads" in e["key"]["variant"] for e in entries)
-    if structured:
+    if any("heads" in e["key"]["variant"] for e in entries):
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     else:  # no heads/neurons removed in these runs: only the unstructured panel
         fig, ax2 = plt.subplots(1, 1, figsize=(6.5, 4.5))
         ax1 = None
-    for t in tasks if structured else ():
-        mine = [e for e in entries if e["key"]["task"] == t and "heads" in e["key"]["variant"]
-                and "importance" in e["key"]["variant"]]
-        if mine:
-            points = sorted((e["metrics"]["flops"] / e["source"]["flops"], 100 * e["metrics"]["score"]) for e in mine)
-            ax1.plot([100 * x for x, _ in points], [y for _, y in points], "o-", label=TASK_LABEL.get(t, t))
     if ax1 is not None:
+        for t in tasks:
+            mine = [e for e in entries if e["key"]["task"] == t and "heads" in e["key"]["variant"]
+                    and "importance" in e["key"]["variant"]]
+            if mine:
+                points = sorted((e["metrics"]["flops"] / e["source"]["flops"], 100 * e["metrics"]["score"])
+                                for e in mine)
+                ax1.plot([100 * x for x, _ in points], [y for _, y in points], "o-", label=TASK_LABEL.get(t, t))
         ax1.set_xlabel("inference FLOPs (% of unpruned, 128 tokens)")
         ax1.set_ylabel("dev score (×100) after re-tuning")
         ax1.set_title("heads + FFN neurons removed (importance)", fontsize=10)
