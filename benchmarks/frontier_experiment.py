@@ -423,6 +423,29 @@ def ablation_table(args, tasks, split, cells) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rate_table(args, tasks) -> str:
+    """Every method and budget trained at more than one learning rate (same seed, same protocol), so a
+    reader sees how much of a gap the rate could explain: rate probes beyond ``--probe-rank``'s included."""
+    groups: dict = {}
+    for entry in args.finished:
+        k = entry["key"]
+        if k["task"] not in tasks or k["mixed_precision"] != args.mixed_precision:
+            continue
+        if settings_key(args, k["task"], variant(k["kind"], k["budget_rank"], k["support"]), k["lr"], k["seed"]) != k:
+            continue  # another protocol (sample count, epochs, decode settings)
+        group = (k["task"], k["kind"], k["support"], k["budget_rank"], k["seed"])
+        groups.setdefault(group, {})[k["lr"]] = value(entry, k["task"])
+    probed = {g: by_lr for g, by_lr in groups.items() if len(by_lr) > 1}
+    if not probed:
+        return ""
+    lines = ["\nLearning-rate sensitivity: every method and budget run at several rates (score ×100 per rate, "
+             "one seed):\n", "| task | method | budget r | seed | score by rate |", "|---|---|---|---|---|"]
+    for (task, kind, support, rank, seed), by_lr in sorted(probed.items(), key=str):
+        scores = ", ".join(f"{lr:g}: {score:.2f}" for lr, score in sorted(by_lr.items()))
+        lines.append(f"| {TASK_LABEL[task]} | {label(variant(kind, rank, support))} | {rank} | {seed} | {scores} |")
+    return "\n".join(lines) + "\n"
+
+
 def bleu_tests(args, cells) -> str:
     """Paired bootstrap of BLEU (same decoded MRs), each split against LoRA at the same budget and seed."""
     if not any(k[0] == "e2e" for k in cells):
@@ -512,7 +535,7 @@ def main(argv=None) -> int:
     text = ("# LoRA vs DSEE at equal trainable parameters\n\n"
             f"Learning rates: {chosen}.\n"
             + frontier_table(args, tasks, cells) + overall_table(args, tasks, cells)
-            + ablation_table(args, tasks, split, cells) + bleu_tests(args, cells))
+            + ablation_table(args, tasks, split, cells) + bleu_tests(args, cells) + rate_table(args, tasks))
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
     (report / "frontier_results.md").write_text(text)

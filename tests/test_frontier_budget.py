@@ -51,3 +51,20 @@ def test_ablation_grids_name_a_grid_per_support():
     assert frontier.ablation_grids("") == {}
     with pytest.raises(SystemExit, match="SUPPORT=LR"):
         frontier.ablation_grids("7.5e-4,1.5e-3")
+
+
+def test_rate_table_lists_only_methods_run_at_several_rates_under_this_protocol():
+    args = frontier.parse_args(["--data-dir", "unused"])
+
+    def entry(kind, rank, lr, score, **protocol):
+        key = frontier.settings_key(args, "mrpc", frontier.variant(kind, rank), lr, seed=0)
+        return {"key": {**key, **protocol}, "score": score}
+
+    args.finished = [entry("lora", 16, 0.003, 0.8292), entry("lora", 16, 0.0015, 0.8501),
+                     entry("split0.5", 16, 0.003, 0.8476),  # one rate only: not a probe
+                     entry("lora", 8, 0.0015, 0.80), entry("lora", 8, 0.003, 0.90, epochs=99)]  # other protocol
+    table = frontier.rate_table(args, ["mrpc"])
+    rows = [line for line in table.splitlines() if line.startswith("| MRPC")]
+    assert rows == ["| MRPC F1 | LoRA | 16 | 0 | 0.0015: 85.01, 0.003: 82.92 |"]
+    args.finished = args.finished[2:3]
+    assert frontier.rate_table(args, ["mrpc"]) == ""
