@@ -22,6 +22,8 @@ r = 16, α = 32), so the sparse values move at the same speed in every split. Th
 chosen per task and method kind (LoRA, each split) from ``--glue-lrs`` at seed 0 at
 ``--probe-rank``'s budget (1.5e-3 was the GLUE experiment's adapter rate, on the edge of its grid;
 3e-3 one step further), then used at every budget and seed; the ablation takes its split's rate.
+With ``--probe-rank each`` the grid is searched at every budget instead: a rate probed at rank 8 left
+LoRA r = 16 three points low on MRPC (the report's learning-rate table shows every probe).
 E2E uses 2e-3 (α = 2r), the step on B·A of the earlier E2E runs' 5e-4 at α/r = 8.
 
 The CPU budget (2 cores without native bf16, fp32): GLUE keeps the GLUE experiment's protocol
@@ -63,6 +65,15 @@ SHAPES = {
 }
 
 
+def probe_rank_arg(text: str) -> int | str:
+    if text == "each":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a rank nor 'each'") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="the shared data folder, holding glue/ and e2e/")
@@ -75,8 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="splits run on E2E: 'winner' (the split that wins on GLUE) or a list like 0.5,0.75")
     p.add_argument("--splits", default="0.5,0.75", help="shares of each budget given to S")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--probe-rank", type=int, default=8,
-                   help="the budget where learning rates are searched, when a grid has several")
+    p.add_argument("--probe-rank", type=probe_rank_arg, default=8,
+                   help="the budget where learning rates are searched, when a grid has several, or 'each': "
+                        "a search at every budget (a rate that suits rank 8 may not suit rank 32)")
     p.add_argument("--glue-lrs", default="1.5e-3,3e-3", help="one rate, or a grid searched at seed 0")
     p.add_argument("--e2e-lrs", default="2e-3", help="one rate, or a grid searched at seed 0")
     p.add_argument("--ablation-rank", type=int, default=16, help="the budget of the support ablation")
@@ -245,15 +257,21 @@ def probe_rate(args, task: str, v: dict, grid: list[float]) -> float | None:
     return max(sorted(results), key=lambda lr: results[lr]) if len(results) == len(grid) else None
 
 
-def choose_rates(args, tasks, kinds_of) -> dict[tuple[str, str], float]:
-    """Per (task, kind): ``probe_rate`` over the task's grid at ``--probe-rank``'s budget."""
+def choose_rates(args, tasks, kinds_of) -> dict[tuple[str, str, int], float]:
+    """Per (task, kind, budget rank): ``probe_rate`` over the task's grid at ``--probe-rank``'s budget,
+    or with ``--probe-rank each`` at that budget itself."""
     rates = {}
     for task in tasks:
         grid = [float(x) for x in (args.e2e_lrs if task == "e2e" else args.glue_lrs).split(",")]
+        ranks = set(ranks_of(args, task))
+        if task in args.ablation_tasks.split(","):
+            ranks.add(args.ablation_rank)  # the ablation trains at its split's rate there
         for kind in kinds_of(task):
-            lr = probe_rate(args, task, variant(kind, args.probe_rank), grid)
-            if lr is not None:
-                rates[task, kind] = lr
+            for rank in sorted(ranks):
+                probe_at = rank if args.probe_rank == "each" else args.probe_rank
+                lr = probe_rate(args, task, variant(kind, probe_at), grid)
+                if lr is not None:
+                    rates[task, kind, rank] = lr
     return rates
 
 
@@ -263,9 +281,9 @@ def collect(args, tasks, kinds_of, rates, cells) -> None:
         for task in tasks:
             for rank in ranks_of(args, task):
                 for kind in kinds_of(task):
-                    if (task, kind) not in rates:
+                    if (task, kind, rank) not in rates:
                         continue
-                    entry = run_one(args, task, variant(kind, rank), rates[task, kind], seed, args.finished)
+                    entry = run_one(args, task, variant(kind, rank), rates[task, kind, rank], seed, args.finished)
                     if entry is not None:
                         cells.setdefault((task, kind, "grebsmo", rank), []).append(entry)
 
@@ -304,10 +322,10 @@ def ablation_rates(args, tasks, rates, split) -> dict[tuple[str, str], float]:
     grids = ablation_grids(args.ablation_lrs)
     chosen = {}
     for task in tasks:
-        if (task, split) not in rates or task not in args.ablation_tasks.split(","):
+        if (task, split, args.ablation_rank) not in rates or task not in args.ablation_tasks.split(","):
             continue
         for support in args.ablation_methods.split(","):
-            grid = grids.get(support, [rates[task, split]])
+            grid = grids.get(support, [rates[task, split, args.ablation_rank]])
             lr = probe_rate(args, task, variant(split, args.ablation_rank, support), grid)
             if lr is not None:
                 chosen[task, support] = lr
@@ -327,6 +345,22 @@ def ablation(args, tasks, rates, split, cells) -> dict[tuple[str, str], float]:
 
 
 # --- the report ----------------------------------------------------------------------------------
+
+
+def rates_text(rates: dict[tuple[str, str, int], float]) -> str:
+    """``{(task, kind, rank): lr}`` -> 'MRPC F1 lora: 0.003 (r 4, 8), 0.0015 (r 16)'; one rate per method when
+    every budget shares it."""
+    by_method: dict = {}
+    for (task, kind, rank), lr in rates.items():
+        by_method.setdefault((task, kind), {}).setdefault(lr, []).append(rank)
+    parts = []
+    for (task, kind), by_lr in by_method.items():
+        if len(by_lr) == 1:
+            parts.append(f"{TASK_LABEL[task]} {kind}: {next(iter(by_lr)):g}")
+        else:
+            parts.append(f"{TASK_LABEL[task]} {kind}: " + ", ".join(
+                f"{lr:g} (r {', '.join(map(str, sorted(ranks)))})" for lr, ranks in by_lr.items()))
+    return "; ".join(parts)
 
 
 def mean_std(values: list[float]) -> str:
@@ -528,7 +562,7 @@ def main(argv=None) -> int:
         e2e_rates = choose_rates(args, ["e2e"], lambda task: e2e_kinds)
         rates.update(e2e_rates)
         collect(args, ["e2e"], lambda task: e2e_kinds, e2e_rates, cells)
-    chosen = "; ".join(f"{TASK_LABEL[t]} {k}: {lr:g}" for (t, k), lr in rates.items())
+    chosen = rates_text(rates)
     if args.ablation_lrs:
         chosen += f"; ablation (grids {args.ablation_lrs}): " + "; ".join(
             f"{TASK_LABEL[t]} {s}: {lr:g}" for (t, s), lr in support_rates.items())
@@ -545,7 +579,7 @@ def main(argv=None) -> int:
     if not args.no_record and not args.report_only:
         settings = {k: v for k, v in vars(args).items() if k != "finished"}
         record("frontier_experiment", {"settings": settings, "hours": (time.perf_counter() - start) / 3600,
-                                       "winning_split": split, "rates": {f"{t}/{k}": lr for (t, k), lr in rates.items()}})
+                                       "winning_split": split, "rates": {f"{t}/{k}/r{r}": lr for (t, k, r), lr in rates.items()}})
     return 0
 
 

@@ -56,15 +56,37 @@ def test_ablation_grids_name_a_grid_per_support():
 def test_rate_table_lists_only_methods_run_at_several_rates_under_this_protocol():
     args = frontier.parse_args(["--data-dir", "unused"])
 
-    def entry(kind, rank, lr, score, **protocol):
-        key = frontier.settings_key(args, "mrpc", frontier.variant(kind, rank), lr, seed=0)
-        return {"key": {**key, **protocol}, "score": score}
-
-    args.finished = [entry("lora", 16, 0.003, 0.8292), entry("lora", 16, 0.0015, 0.8501),
-                     entry("split0.5", 16, 0.003, 0.8476),  # one rate only: not a probe
-                     entry("lora", 8, 0.0015, 0.80), entry("lora", 8, 0.003, 0.90, epochs=99)]  # other protocol
+    args.finished = _finished(args, [("lora", 16, 0.003, 0, 0.8292), ("lora", 16, 0.0015, 0, 0.8501),
+                                     ("split0.5", 16, 0.003, 0, 0.8476),  # one rate only: not a probe
+                                     ("lora", 8, 0.0015, 0, 0.80), ("lora", 8, 0.003, 0, 0.90)])
+    args.finished[-1]["key"]["epochs"] = 99  # another protocol
     table = frontier.rate_table(args, ["mrpc"])
     rows = [line for line in table.splitlines() if line.startswith("| MRPC")]
     assert rows == ["| MRPC F1 | LoRA | 16 | 0 | 0.0015: 85.01, 0.003: 82.92 |"]
     args.finished = args.finished[2:3]
     assert frontier.rate_table(args, ["mrpc"]) == ""
+
+
+def _finished(args, runs):
+    """Recorded runs ``(kind, rank, lr, seed, score)`` under ``args``' protocol."""
+    return [{"key": frontier.settings_key(args, "mrpc", frontier.variant(kind, rank), lr, seed), "score": score}
+            for kind, rank, lr, seed, score in runs]
+
+
+def test_rates_are_probed_at_one_budget_or_at_each():
+    runs = [("lora", 8, 0.0015, 0, 0.80), ("lora", 8, 0.003, 0, 0.90),    # rank 8 wants the larger rate
+            ("lora", 16, 0.0015, 0, 0.85), ("lora", 16, 0.003, 0, 0.83)]  # rank 16 the smaller
+    common = ["--data-dir", "unused", "--report-only", "--ranks", "8,16", "--splits", "0.5",
+              "--glue-lrs", "0.0015,0.003", "--ablation-tasks", "none"]
+    args = frontier.parse_args(common + ["--probe-rank", "8"])
+    args.finished = _finished(args, runs)
+    rates = frontier.choose_rates(args, ["mrpc"], lambda task: ["lora", "split0.5"])
+    assert rates == {("mrpc", "lora", 8): 0.003, ("mrpc", "lora", 16): 0.003}  # split0.5: its probe is missing
+    args = frontier.parse_args(common + ["--probe-rank", "each"])
+    args.finished = _finished(args, runs)
+    rates = frontier.choose_rates(args, ["mrpc"], lambda task: ["lora"])
+    assert rates == {("mrpc", "lora", 8): 0.003, ("mrpc", "lora", 16): 0.0015}
+    assert frontier.rates_text(rates) == "MRPC F1 lora: 0.003 (r 8), 0.0015 (r 16)"
+    assert frontier.rates_text({("mrpc", "lora", 8): 0.003, ("mrpc", "lora", 16): 0.003}) == "MRPC F1 lora: 0.003"
+    with pytest.raises(SystemExit):
+        frontier.parse_args(["--data-dir", "unused", "--probe-rank", "every"])
