@@ -414,6 +414,8 @@ def frontier_table(args, tasks, cells) -> str:
 
 def overall_table(args, tasks, cells) -> str:
     tasks = [t for t in tasks if t != "e2e"]  # GLUE scores pool; BLEU is tested on its own below
+    if not tasks:
+        return ""
     ranks = [int(r) for r in args.ranks.split(",")]
     lines = ["\nGLUE: paired differences to LoRA at equal budget, pooled over the tasks and seeds "
              "(mean, [min, max], pairs; paired t-test p):\n",
