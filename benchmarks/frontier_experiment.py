@@ -474,8 +474,8 @@ def rate_table(args, tasks) -> str:
     probed = {g: by_lr for g, by_lr in groups.items() if len(by_lr) > 1}
     if not probed:
         return ""
-    lines = ["\nLearning-rate sensitivity: every method and budget run at several rates (score ×100 per rate, "
-             "one seed):\n", "| task | method | budget r | seed | score by rate |", "|---|---|---|---|---|"]
+    lines = ["\nLearning-rate sensitivity: every method, budget and seed run at several rates (score ×100 per "
+             "rate; the probes pick a rate at the first seed):\n", "| task | method | budget r | seed | score by rate |", "|---|---|---|---|---|"]
     for (task, kind, support, rank, seed), by_lr in sorted(probed.items(), key=str):
         scores = ", ".join(f"{lr:g}: {score:.2f}" for lr, score in sorted(by_lr.items()))
         lines.append(f"| {TASK_LABEL[task]} | {label(variant(kind, rank, support))} | {rank} | {seed} | {scores} |")
