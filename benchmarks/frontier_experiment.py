@@ -348,19 +348,14 @@ def ablation(args, tasks, rates, split, cells) -> dict[tuple[str, str], float]:
 
 
 def rates_text(rates: dict[tuple[str, str, int], float]) -> str:
-    """``{(task, kind, rank): lr}`` -> 'MRPC F1 lora: 0.003 (r 4, 8), 0.0015 (r 16)'; one rate per method when
-    every budget shares it."""
+    """``{(task, kind, rank): lr}`` -> 'MRPC F1 lora: 0.003 (r 4, 8), 0.0015 (r 16)': the budgets of each rate
+    (a budget missing has no rate yet: its probe has not run)."""
     by_method: dict = {}
     for (task, kind, rank), lr in rates.items():
         by_method.setdefault((task, kind), {}).setdefault(lr, []).append(rank)
-    parts = []
-    for (task, kind), by_lr in by_method.items():
-        if len(by_lr) == 1:
-            parts.append(f"{TASK_LABEL[task]} {kind}: {next(iter(by_lr)):g}")
-        else:
-            parts.append(f"{TASK_LABEL[task]} {kind}: " + ", ".join(
-                f"{lr:g} (r {', '.join(map(str, sorted(ranks)))})" for lr, ranks in by_lr.items()))
-    return "; ".join(parts)
+    return "; ".join(f"{TASK_LABEL[task]} {kind}: " + ", ".join(
+        f"{lr:g} (r {', '.join(map(str, sorted(ranks)))})" for lr, ranks in by_lr.items())
+        for (task, kind), by_lr in by_method.items())
 
 
 def mean_std(values: list[float]) -> str:

@@ -87,6 +87,6 @@ def test_rates_are_probed_at_one_budget_or_at_each():
     rates = frontier.choose_rates(args, ["mrpc"], lambda task: ["lora"])
     assert rates == {("mrpc", "lora", 8): 0.003, ("mrpc", "lora", 16): 0.0015}
     assert frontier.rates_text(rates) == "MRPC F1 lora: 0.003 (r 8), 0.0015 (r 16)"
-    assert frontier.rates_text({("mrpc", "lora", 8): 0.003, ("mrpc", "lora", 16): 0.003}) == "MRPC F1 lora: 0.003"
+    assert frontier.rates_text({("mrpc", "lora", 8): 0.003, ("mrpc", "lora", 16): 0.003}) == "MRPC F1 lora: 0.003 (r 8, 16)"
     with pytest.raises(SystemExit):
         frontier.parse_args(["--data-dir", "unused", "--probe-rank", "every"])
