@@ -471,7 +471,7 @@ def rate_table(args, tasks) -> str:
         return ""
     lines = ["\nLearning-rate sensitivity: every method, budget and seed run at several rates (score ×100 per "
              "rate; the probes pick a rate at the first seed):\n", "| task | method | budget r | seed | score by rate |", "|---|---|---|---|---|"]
-    for (task, kind, support, rank, seed), by_lr in sorted(probed.items(), key=str):
+    for (task, kind, support, rank, seed), by_lr in sorted(probed.items()):  # budgets in numeric order
         scores = ", ".join(f"{lr:g}: {score:.2f}" for lr, score in sorted(by_lr.items()))
         lines.append(f"| {TASK_LABEL[task]} | {label(variant(kind, rank, support))} | {rank} | {seed} | {scores} |")
     return "\n".join(lines) + "\n"
