@@ -460,10 +460,10 @@ def rate_table(args, tasks) -> str:
     groups: dict = {}
     for entry in args.finished:
         k = entry["key"]
-        if k["task"] not in tasks or k["mixed_precision"] != args.mixed_precision:
+        if k["task"] not in tasks:
             continue
         if settings_key(args, k["task"], variant(k["kind"], k["budget_rank"], k["support"]), k["lr"], k["seed"]) != k:
-            continue  # another protocol (sample count, epochs, decode settings)
+            continue  # another protocol (precision, sample count, epochs, decode settings)
         group = (k["task"], k["kind"], k["support"], k["budget_rank"], k["seed"])
         groups.setdefault(group, {})[k["lr"]] = value(entry, k["task"])
     probed = {g: by_lr for g, by_lr in groups.items() if len(by_lr) > 1}

@@ -53,9 +53,14 @@ def test_ablation_grids_name_a_grid_per_support():
         frontier.ablation_grids("7.5e-4,1.5e-3")
 
 
+def _finished(args, runs):
+    """Recorded runs ``(kind, rank, lr, seed, score)`` under ``args``' protocol."""
+    return [{"key": frontier.settings_key(args, "mrpc", frontier.variant(kind, rank), lr, seed), "score": score}
+            for kind, rank, lr, seed, score in runs]
+
+
 def test_rate_table_lists_only_methods_run_at_several_rates_under_this_protocol():
     args = frontier.parse_args(["--data-dir", "unused"])
-
     args.finished = _finished(args, [("lora", 16, 0.003, 0, 0.8292), ("lora", 16, 0.0015, 0, 0.8501),
                                      ("split0.5", 16, 0.003, 0, 0.8476),  # one rate only: not a probe
                                      ("lora", 8, 0.0015, 0, 0.80), ("lora", 8, 0.003, 0, 0.90)])
@@ -65,12 +70,6 @@ def test_rate_table_lists_only_methods_run_at_several_rates_under_this_protocol(
     assert rows == ["| MRPC F1 | LoRA | 16 | 0 | 0.0015: 85.01, 0.003: 82.92 |"]
     args.finished = args.finished[2:3]
     assert frontier.rate_table(args, ["mrpc"]) == ""
-
-
-def _finished(args, runs):
-    """Recorded runs ``(kind, rank, lr, seed, score)`` under ``args``' protocol."""
-    return [{"key": frontier.settings_key(args, "mrpc", frontier.variant(kind, rank), lr, seed), "score": score}
-            for kind, rank, lr, seed, score in runs]
 
 
 def test_rates_are_probed_at_one_budget_or_at_each():
