@@ -3,14 +3,17 @@
     atomic_write_text(path, text)          temp file beside, fsync, one rename, fsync the directory
     with atomic_file(path) as tmp: ...     the same for a file written by someone else (safetensors)
     with atomic_directory(path) as tmp: …  a whole directory replaced (adapter/, model/, checkpoint/)
-    recover_directory(path)                finish or undo a directory swap a crash interrupted
+    recover_directory(path)                finish or undo a directory swap a crash interrupted (writers)
+    existing_directory(path)               the complete directory a reader reads, changing nothing
 
 A directory cannot be replaced by one rename while the old one exists, so ``atomic_directory``
 builds the new one as ``.<name>.new``, fsyncs it, marks it complete (``.complete``, written last),
 then moves the old one to ``.<name>.old`` and the new one into place. A crash between those two
-renames leaves no ``<name>`` for a moment; ``recover_directory`` (called by every reader through
-``existing_directory``) rolls a complete new directory forward, otherwise brings the old one back,
-so a reader always finds a complete directory, the new one if its writing had finished.
+renames leaves no ``<name>`` for a moment; ``recover_directory`` rolls a complete new directory
+forward, otherwise brings the old one back. Only writers recover (``atomic_directory`` does, first):
+a reader cannot tell a crashed swap from one a live writer in another process is in the middle of,
+and repairing that one would delete the writer's unfinished directory under it. A reader calls
+``existing_directory``, which changes nothing and names the directory recovery would leave.
 
 Permissions follow the user's umask, as ``open`` does (``tempfile`` would make files 0600).
 """
@@ -124,10 +127,19 @@ def recover_directory(path: str | Path) -> None:
 
 
 def existing_directory(path: str | Path) -> Path | None:
-    """``path`` after recovering an interrupted swap, or None if there is no such directory."""
+    """The complete directory to read for ``path``, or None if there is none; changes nothing (module doc).
+
+    What ``recover_directory`` would leave, without doing it: a new directory marked complete (the
+    swap under way, or crashed, after that point), else ``path`` (whole: it only ever arrives by a
+    rename of a finished one), else the old one (a crash between the two renames).
+    """
     path = Path(path)
-    recover_directory(path)
-    return path if path.is_dir() else None
+    new, old = _sibling(path, "new"), _sibling(path, "old")
+    if new.is_dir() and (new / COMPLETE).is_file():
+        return new
+    if path.is_dir():
+        return path
+    return old if old.is_dir() else None
 
 
 @contextmanager

@@ -251,7 +251,7 @@ def load_trained_model(run: str | Path, config: RunConfig | None = None, labels:
     run = Path(run)
     config = config or load_run_config(run)
     name = MODEL_DIR if config.prune is not None or config.method == "full" else ADAPTER_DIR
-    saved = existing_directory(run / name)  # finishes a swap a crash interrupted
+    saved = existing_directory(run / name)  # whole, even if a crash or a live writer is mid-swap
     if saved is None:
         raise FileNotFoundError(f"{run}: no kept checkpoint yet ({name}/)")
     if config.prune is not None:
