@@ -14,7 +14,9 @@ and on E2E (SmolLM2-135M: dev loss per target token, BLEU on the first dev MRs),
   (LoRA r = 16's, the paper's setting), the support ablation on GLUE: magnitude, random and
   gradient (RoSA's choice: ``--support-batches`` batches after a ``--support-warmup-steps`` LoRA
   warm-up), against GreBsmo.
-- E2E: LoRA and the winning split at ``--e2e-ranks``' budgets (an E2E run costs ~10 minutes here).
+- E2E: LoRA and the winning split at ``--e2e-ranks``' budgets (an E2E run costs ~10 minutes here),
+  and with ``e2e`` among ``--ablation-tasks`` the support ablation at the E2E split (when one split is
+  run there) and ``--e2e-ablation-rank``'s budget, every support at that split's rate.
 
 Fairness: every method trains the same steps on the same batches in the same order (same seed),
 with α = 2·rank so that the scale s = α/r is 2 for every rank (the setting of the GLUE experiment,
@@ -92,10 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--glue-lrs", default="1.5e-3,3e-3", help="one rate, or a grid searched at seed 0")
     p.add_argument("--e2e-lrs", default="2e-3", help="one rate, or a grid searched at seed 0")
     p.add_argument("--ablation-rank", type=int, default=16, help="the budget of the support ablation")
+    p.add_argument("--e2e-ablation-rank", type=int, default=16, help="the budget of the support ablation on E2E")
     p.add_argument("--ablation-methods", default="magnitude,random,gradient")
     p.add_argument("--ablation-tasks", default="mrpc,stsb,sst2", help="the tasks the ablation runs on (CPU budget)")
     p.add_argument("--ablation-lrs", default="",
-                   help="per-support grids searched at seed 0, e.g. 'gradient=7.5e-4,1.5e-3,3e-3;random=3e-3' "
+                   help="per-support grids searched at seed 0 on GLUE, e.g. 'gradient=7.5e-4,1.5e-3,3e-3;random=3e-3' "
                         "(a support not named runs at the winning split's rate)")
     p.add_argument("--support-batches", type=int, default=8)
     p.add_argument("--support-warmup-steps", type=int, default=64, help="RoSA's wl64")
@@ -243,6 +246,10 @@ def ranks_of(args, task: str) -> list[int]:
     return [int(r) for r in (args.e2e_ranks if task == "e2e" else args.ranks).split(",")]
 
 
+def ablation_rank(args, task: str) -> int:
+    return args.e2e_ablation_rank if task == "e2e" else args.ablation_rank
+
+
 def probe_rate(args, task: str, v: dict, grid: list[float]) -> float | None:
     """The one rate given, or the rate of ``grid`` whose run of ``v`` at the first seed has the best probe
     value (ties: the smaller rate); None while a probe run is missing (report-only)."""
@@ -265,7 +272,7 @@ def choose_rates(args, tasks, kinds_of) -> dict[tuple[str, str, int], float]:
         grid = [float(x) for x in (args.e2e_lrs if task == "e2e" else args.glue_lrs).split(",")]
         ranks = set(ranks_of(args, task))
         if task in args.ablation_tasks.split(","):
-            ranks.add(args.ablation_rank)  # the ablation trains at its split's rate there
+            ranks.add(ablation_rank(args, task))  # the ablation trains at its split's rate there
         for kind in kinds_of(task):
             for rank in sorted(ranks):
                 probe_at = rank if args.probe_rank == "each" else args.probe_rank
@@ -317,30 +324,32 @@ def ablation_grids(text: str) -> dict[str, list[float]]:
 
 
 def ablation_rates(args, tasks, rates, split) -> dict[tuple[str, str], float]:
-    """Per (task, support): the winning split's rate, or with ``--ablation-lrs`` the rate of that grid
-    with the best probe value at seed 0 (a support may need another rate than GreBsmo's)."""
+    """Per (task, support): the winning split's rate, or with ``--ablation-lrs`` (GLUE) the rate of that
+    grid with the best probe value at seed 0 (a support may need another rate than GreBsmo's)."""
     grids = ablation_grids(args.ablation_lrs)
     chosen = {}
     for task in tasks:
-        if (task, split, args.ablation_rank) not in rates or task not in args.ablation_tasks.split(","):
+        rank = ablation_rank(args, task)
+        if (task, split, rank) not in rates or task not in args.ablation_tasks.split(","):
             continue
         for support in args.ablation_methods.split(","):
-            grid = grids.get(support, [rates[task, split, args.ablation_rank]])
-            lr = probe_rate(args, task, variant(split, args.ablation_rank, support), grid)
+            own = grids.get(support) if family(task) == "glue" else None
+            grid = own or [rates[task, split, rank]]
+            lr = probe_rate(args, task, variant(split, rank, support), grid)
             if lr is not None:
                 chosen[task, support] = lr
     return chosen
 
 
 def ablation(args, tasks, rates, split, cells) -> dict[tuple[str, str], float]:
-    """The support ablation at ``split`` and ``--ablation-rank``'s budget; returns the rate of each support."""
+    """The support ablation at ``split`` and the task's ablation budget; returns the rate of each support."""
     support_rates = ablation_rates(args, tasks, rates, split)
     for seed in (int(s) for s in args.seeds.split(",")):
         for (task, support), lr in support_rates.items():
-            v = variant(split, args.ablation_rank, support)
+            v = variant(split, ablation_rank(args, task), support)
             entry = run_one(args, task, v, lr, seed, args.finished)
             if entry is not None:
-                cells.setdefault((task, split, support, args.ablation_rank), []).append(entry)
+                cells.setdefault((task, split, support, ablation_rank(args, task)), []).append(entry)
     return support_rates
 
 
@@ -431,7 +440,7 @@ def overall_table(args, tasks, cells) -> str:
 
 
 def ablation_table(args, tasks, split, cells) -> str:
-    tasks = [t for t in tasks if t in args.ablation_tasks.split(",")]
+    tasks = [t for t in tasks if t in args.ablation_tasks.split(",") and t != "e2e"]
     if split is None or not tasks:
         return ""
     supports = ["grebsmo"] + args.ablation_methods.split(",")
@@ -451,6 +460,25 @@ def ablation_table(args, tasks, split, cells) -> str:
         lines.append(f"| {support} | " + " | ".join(cells_row) + " |")
     lora = [mean_std([value(e, t) for e in cells.get((t, "lora", "grebsmo", rank), [])]) for t in tasks]
     lines.append("| (LoRA) | " + " | ".join(lora) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def e2e_ablation_table(args, split, cells) -> str:
+    """The support ablation on E2E: BLEU and dev loss per support, paired by seed against GreBsmo."""
+    rank = args.e2e_ablation_rank
+    if split is None or "e2e" not in args.ablation_tasks.split(",") or ("e2e", split, "grebsmo", rank) not in cells:
+        return ""
+    lines = [f"\nE2E support ablation ({label(variant(split, rank))}, r = {rank}'s budget; mean ± std (seeds); "
+             "paired difference to GreBsmo):\n", "| support | BLEU ×100 | dev loss |", "|---|---|---|"]
+    for support in ["grebsmo"] + args.ablation_methods.split(","):
+        mine = cells.get(("e2e", split, support, rank), [])
+        bleu, loss = mean_std([value(e, "e2e") for e in mine]), mean_std([e["dev_loss"] for e in mine])
+        if support != "grebsmo":
+            diffs = paired_differences(cells, "e2e", split, rank, support, against=(split, "grebsmo"))
+            bleu += f"; {statistics.mean(diffs):+.2f}" if diffs else ""
+        lines.append(f"| {support} | {bleu} | {loss} |")
+    lora = cells.get(("e2e", "lora", "grebsmo", rank), [])
+    lines.append(f"| (LoRA) | {mean_std([value(e, 'e2e') for e in lora])} | {mean_std([e['dev_loss'] for e in lora])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -551,7 +579,8 @@ def main(argv=None) -> int:
     collect(args, glue, lambda task: kinds(args), rates, cells)
     split = best_split(args, glue, cells)
     support_rates = ablation(args, glue, rates, split, cells) if split is not None else {}
-    # 3. E2E: LoRA and the winning split (or the splits asked for) at its budgets
+    # 3. E2E: LoRA and the winning split (or the splits asked for) at its budgets; its support ablation
+    e2e_split = None
     if "e2e" in tasks:
         e2e_kinds = ["lora"] + ([split] if args.e2e_splits == "winner" and split else
                                 [] if args.e2e_splits == "winner" else
@@ -559,6 +588,9 @@ def main(argv=None) -> int:
         e2e_rates = choose_rates(args, ["e2e"], lambda task: e2e_kinds)
         rates.update(e2e_rates)
         collect(args, ["e2e"], lambda task: e2e_kinds, e2e_rates, cells)
+        e2e_split = e2e_kinds[1] if len(e2e_kinds) == 2 else None  # the ablation needs one split there
+        if e2e_split is not None:
+            support_rates.update(ablation(args, ["e2e"], e2e_rates, e2e_split, cells))
     chosen = rates_text(rates)
     if args.ablation_lrs:
         chosen += f"; ablation (grids {args.ablation_lrs}): " + "; ".join(
@@ -566,7 +598,8 @@ def main(argv=None) -> int:
     text = ("# LoRA vs DSEE at equal trainable parameters\n\n"
             f"Learning rates: {chosen}.\n"
             + frontier_table(args, tasks, cells) + overall_table(args, tasks, cells)
-            + ablation_table(args, tasks, split, cells) + bleu_tests(args, cells) + rate_table(args, tasks))
+            + ablation_table(args, tasks, split, cells) + e2e_ablation_table(args, e2e_split, cells)
+            + bleu_tests(args, cells) + rate_table(args, tasks))
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
     (report / "frontier_results.md").write_text(text)

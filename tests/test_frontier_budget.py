@@ -89,3 +89,18 @@ def test_rates_are_probed_at_one_budget_or_at_each():
     assert frontier.rates_text({("mrpc", "lora", 8): 0.003, ("mrpc", "lora", 16): 0.003}) == "MRPC F1 lora: 0.003 (r 8, 16)"
     with pytest.raises(SystemExit):
         frontier.parse_args(["--data-dir", "unused", "--probe-rank", "every"])
+
+
+def test_the_e2e_ablation_runs_at_its_own_budget_and_the_e2e_rate():
+    """GLUE's per-support grids are GLUE rates: on E2E every support takes the E2E split's rate, at
+    ``--e2e-ablation-rank``'s budget rather than GLUE's ``--ablation-rank``."""
+    args = frontier.parse_args(["--data-dir", "unused", "--report-only", "--ablation-rank", "8",
+                                "--e2e-ablation-rank", "16", "--ablation-tasks", "mrpc,e2e",
+                                "--ablation-methods", "gradient,random", "--ablation-lrs", "gradient=7.5e-4,3e-3"])
+    args.finished = []
+    rates = {("mrpc", "split0.5", 8): 0.003, ("e2e", "split0.5", 16): 0.002, ("e2e", "split0.5", 8): 0.5}
+    chosen = frontier.ablation_rates(args, ["e2e"], rates, "split0.5")
+    assert chosen == {("e2e", "gradient"): 0.002, ("e2e", "random"): 0.002}
+    # on GLUE the gradient grid is probed (its runs are missing here, so no rate yet); random keeps the split's
+    assert frontier.ablation_rates(args, ["mrpc"], rates, "split0.5") == {("mrpc", "random"): 0.003}
+    assert frontier.ablation_rank(args, "e2e") == 16 and frontier.ablation_rank(args, "mrpc") == 8
