@@ -17,6 +17,7 @@ process of a distributed run chooses the same Ω.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 from torch import nn
@@ -45,13 +46,23 @@ def calibration_batches(data, tokenizer, config, count: int, offset: int = 0, cy
     return [collate(chosen[i : i + config.batch_size]) for i in range(0, len(chosen), config.batch_size)]
 
 
+def _progress(batches: list[dict], desc: str):
+    """A bar over the support's extra passes (minutes on an LLM): shown when the run shows its bars
+    (``train(show_progress=False)`` switches transformers' bars off with its own), on the main process."""
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled() and int(os.environ.get("RANK", "0")) == 0
+    return tqdm(batches, desc=desc, unit="batch", disable=not shown, leave=False, dynamic_ncols=True)
+
+
 def add_dsee_from_data(model: nn.Module, dsee_config: DSEEConfig, data, tokenizer, config) -> nn.Module:
     """``add_dsee`` for a data-aware support: the statistic from the run's training batches."""
     loss_fn = lambda m, b: training_loss(m, b, data, config)  # noqa: E731
     warmup = config.support_warmup_steps
     if warmup == 0:
         batches = calibration_batches(data, tokenizer, config, config.support_batches)
-        return add_dsee(model, dsee_config, batches=batches, loss_fn=loss_fn)
+        return add_dsee(model, dsee_config, batches=_progress(batches, "support: gradients"), loss_fn=loss_fn)
     statistics = warmed_up_statistics(model, dsee_config, data, tokenizer, config, loss_fn)
     return add_dsee(model, dsee_config, statistics=statistics)
 
@@ -67,7 +78,8 @@ def warmed_up_statistics(model: nn.Module, dsee_config: DSEEConfig, data, tokeni
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     model.train()
-    for batch in calibration_batches(data, tokenizer, config, config.support_warmup_steps):
+    for batch in _progress(calibration_batches(data, tokenizer, config, config.support_warmup_steps),
+                           "support: LoRA warm-up"):
         loss = loss_fn(model, batch)
         loss.backward()
         if config.max_grad_norm:
@@ -76,7 +88,7 @@ def warmed_up_statistics(model: nn.Module, dsee_config: DSEEConfig, data, tokeni
         optimizer.zero_grad(set_to_none=True)
     names = [name for name, _ in dsee_layers(model)]
     batches = calibration_batches(data, tokenizer, config, config.support_batches, offset=config.support_warmup_steps)
-    statistics = squared_gradients(model, names, batches, loss_fn)
+    statistics = squared_gradients(model, names, _progress(batches, "support: gradients"), loss_fn)
     remove_dsee(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
