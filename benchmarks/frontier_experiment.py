@@ -367,11 +367,11 @@ def rates_text(rates: dict[tuple[str, str, int], float]) -> str:
         for (task, kind), by_lr in by_method.items())
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 2) -> str:
     if not values:
         return "–"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f} ({len(values)})"
+    return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f} ({len(values)})"
 
 
 def paired_t(diffs: list[float]) -> float | None:
@@ -464,21 +464,33 @@ def ablation_table(args, tasks, split, cells) -> str:
 
 
 def e2e_ablation_table(args, split, cells) -> str:
-    """The support ablation on E2E: BLEU and dev loss per support, paired by seed against GreBsmo."""
+    """The support ablation on E2E: BLEU and dev loss per support, each paired by seed against GreBsmo
+    and against LoRA at the same budget (dev loss: lower is better; its p from a paired t-test)."""
     rank = args.e2e_ablation_rank
     if split is None or "e2e" not in args.ablation_tasks.split(",") or ("e2e", split, "grebsmo", rank) not in cells:
         return ""
+
+    def paired(mine, against, measure, digits) -> str:
+        base = {e["key"]["seed"]: measure(e) for e in cells.get(("e2e", *against, rank), [])}
+        diffs = [measure(e) - base[e["key"]["seed"]] for e in mine if e["key"]["seed"] in base]
+        if not diffs:
+            return "–"
+        p = paired_t(diffs)
+        return f"{statistics.mean(diffs):+.{digits}f}" + (f" (p {p:.2f})" if p is not None else "")
+
+    bleu, loss = (lambda e: value(e, "e2e")), (lambda e: e["dev_loss"])
     lines = [f"\nE2E support ablation ({label(variant(split, rank))}, r = {rank}'s budget; mean ± std (seeds); "
-             "paired difference to GreBsmo):\n", "| support | BLEU ×100 | dev loss |", "|---|---|---|"]
+             "paired differences by seed):\n",
+             "| support | BLEU ×100 | − GreBsmo | − LoRA | dev loss | − GreBsmo | − LoRA |", "|---|---|---|---|---|---|---|"]
     for support in ["grebsmo"] + args.ablation_methods.split(","):
         mine = cells.get(("e2e", split, support, rank), [])
-        bleu, loss = mean_std([value(e, "e2e") for e in mine]), mean_std([e["dev_loss"] for e in mine])
-        if support != "grebsmo":
-            diffs = paired_differences(cells, "e2e", split, rank, support, against=(split, "grebsmo"))
-            bleu += f"; {statistics.mean(diffs):+.2f}" if diffs else ""
-        lines.append(f"| {support} | {bleu} | {loss} |")
+        row = [mean_std([bleu(e) for e in mine]), paired(mine, (split, "grebsmo"), bleu, 2) if support != "grebsmo"
+               else "", paired(mine, ("lora", "grebsmo"), bleu, 2), mean_std([loss(e) for e in mine], 3),
+               paired(mine, (split, "grebsmo"), loss, 3) if support != "grebsmo" else "",
+               paired(mine, ("lora", "grebsmo"), loss, 3)]
+        lines.append(f"| {support} | " + " | ".join(row) + " |")
     lora = cells.get(("e2e", "lora", "grebsmo", rank), [])
-    lines.append(f"| (LoRA) | {mean_std([value(e, 'e2e') for e in lora])} | {mean_std([e['dev_loss'] for e in lora])} |")
+    lines.append(f"| (LoRA) | {mean_std([bleu(e) for e in lora])} | | | {mean_std([loss(e) for e in lora], 3)} | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -104,3 +104,22 @@ def test_the_e2e_ablation_runs_at_its_own_budget_and_the_e2e_rate():
     # on GLUE the gradient grid is probed (its runs are missing here, so no rate yet); random keeps the split's
     assert frontier.ablation_rates(args, ["mrpc"], rates, "split0.5") == {("mrpc", "random"): 0.003}
     assert frontier.ablation_rank(args, "e2e") == 16 and frontier.ablation_rank(args, "mrpc") == 8
+
+
+def test_the_e2e_ablation_table_pairs_by_seed_against_grebsmo_and_lora():
+    args = frontier.parse_args(["--data-dir", "unused", "--ablation-tasks", "e2e", "--e2e-ablation-rank", "16",
+                                "--ablation-methods", "gradient"])
+
+    def run(seed, bleu, loss):
+        return {"key": {"seed": seed}, "scores": {"bleu": bleu}, "dev_loss": loss}
+
+    cells = {("e2e", "lora", "grebsmo", 16): [run(0, 0.50, 1.60), run(1, 0.40, 1.50)],
+             ("e2e", "split0.5", "grebsmo", 16): [run(0, 0.52, 1.61), run(1, 0.42, 1.52)],
+             ("e2e", "split0.5", "gradient", 16): [run(1, 0.47, 1.45), run(0, 0.51, 1.57), run(2, 0.9, 1.0)]}
+    table = frontier.e2e_ablation_table(args, "split0.5", cells)
+    row = next(line for line in table.splitlines() if line.startswith("| gradient"))
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    # seed 2 has no partner; seed 0: -1, +1 BLEU; seed 1: +5, +7; dev loss -0.04/-0.03 and -0.07/-0.05
+    assert cols[2].startswith("+2.00 (p ") and cols[3].startswith("+4.00 (p ")
+    assert cols[5].startswith("-0.055 (p ") and cols[6].startswith("-0.040 (p ")
+    assert frontier.e2e_ablation_table(args, None, cells) == ""
