@@ -46,6 +46,7 @@ Writes ``frontier_results.md`` and ``frontier_results.png`` to ``--report-dir``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -171,8 +172,11 @@ def settings_key(args, task: str, v: dict, lr: float, seed: int) -> dict:
 
 
 def run_dir(args, task: str, v: dict, lr: float, seed: int) -> Path:
+    """One directory per settings key: the protocol (epochs, samples, support settings) is in its name
+    as a digest, so a run of another protocol never finds this one's finished metrics."""
+    digest = hashlib.sha256(json.dumps(settings_key(args, task, v, lr, seed), sort_keys=True).encode()).hexdigest()
     return (Path(args.out) / task / f"{v['kind']}-{v['support']}-r{v['budget_rank']}" / f"lr{lr:g}"
-            / f"seed{seed}-{args.mixed_precision}")
+            / f"seed{seed}-{args.mixed_precision}-{digest[:10]}")
 
 
 def run_config(args, task: str, v: dict, lr: float, seed: int, path: Path):

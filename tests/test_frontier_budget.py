@@ -123,3 +123,15 @@ def test_the_e2e_ablation_table_pairs_by_seed_against_grebsmo_and_lora():
     assert cols[2].startswith("+2.00 (p ") and cols[3].startswith("+4.00 (p ")
     assert cols[5].startswith("-0.055 (p ") and cols[6].startswith("-0.040 (p ")
     assert frontier.e2e_ablation_table(args, None, cells) == ""
+
+
+def test_runs_of_another_protocol_get_their_own_directory():
+    """A 2-epoch run once found the 1-epoch run's metrics in a shared directory and would have recorded them."""
+    one = frontier.parse_args(["--data-dir", "unused", "--out", "runs"])
+    two = frontier.parse_args(["--data-dir", "unused", "--out", "runs", "--e2e-epochs", "2"])
+    v = frontier.variant("lora", 16)
+    assert frontier.run_dir(one, "e2e", v, 2e-3, 0) != frontier.run_dir(two, "e2e", v, 2e-3, 0)
+    assert frontier.run_dir(one, "e2e", v, 2e-3, 0) == frontier.run_dir(one, "e2e", v, 2e-3, 0)
+    warm = frontier.variant("split0.5", 16, "gradient")
+    other = frontier.parse_args(["--data-dir", "unused", "--out", "runs", "--support-warmup-steps", "0"])
+    assert frontier.run_dir(one, "mrpc", warm, 3e-3, 0) != frontier.run_dir(other, "mrpc", warm, 3e-3, 0)
