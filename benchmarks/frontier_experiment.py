@@ -299,9 +299,12 @@ def collect(args, tasks, kinds_of, rates, cells) -> None:
                         cells.setdefault((task, kind, "grebsmo", rank), []).append(entry)
 
 
-def paired_differences(cells, task, kind, rank, support="grebsmo", against=("lora", "grebsmo")) -> list[float]:
-    mine = {e["key"]["seed"]: value(e, task) for e in cells.get((task, kind, support, rank), [])}
-    base = {e["key"]["seed"]: value(e, task) for e in cells.get((task, against[0], against[1], rank), [])}
+def paired_differences(cells, task, kind, rank, support="grebsmo", against=("lora", "grebsmo"),
+                       measure=None) -> list[float]:
+    """``measure(run)`` (default: ``value``) of each seed minus that of the same seed in ``against``."""
+    measure = measure or (lambda e: value(e, task))
+    mine = {e["key"]["seed"]: measure(e) for e in cells.get((task, kind, support, rank), [])}
+    base = {e["key"]["seed"]: measure(e) for e in cells.get((task, against[0], against[1], rank), [])}
     return [mine[s] - base[s] for s in sorted(set(mine) & set(base))]
 
 
@@ -474,9 +477,8 @@ def e2e_ablation_table(args, split, cells) -> str:
     if split is None or "e2e" not in args.ablation_tasks.split(",") or ("e2e", split, "grebsmo", rank) not in cells:
         return ""
 
-    def paired(mine, against, measure, digits) -> str:
-        base = {e["key"]["seed"]: measure(e) for e in cells.get(("e2e", *against, rank), [])}
-        diffs = [measure(e) - base[e["key"]["seed"]] for e in mine if e["key"]["seed"] in base]
+    def paired(support, against, measure, digits) -> str:
+        diffs = paired_differences(cells, "e2e", split, rank, support, against, measure)
         if not diffs:
             return "–"
         p = paired_t(diffs)
@@ -488,10 +490,10 @@ def e2e_ablation_table(args, split, cells) -> str:
              "| support | BLEU ×100 | − GreBsmo | − LoRA | dev loss | − GreBsmo | − LoRA |", "|---|---|---|---|---|---|---|"]
     for support in ["grebsmo"] + args.ablation_methods.split(","):
         mine = cells.get(("e2e", split, support, rank), [])
-        row = [mean_std([bleu(e) for e in mine]), paired(mine, (split, "grebsmo"), bleu, 2) if support != "grebsmo"
-               else "", paired(mine, ("lora", "grebsmo"), bleu, 2), mean_std([loss(e) for e in mine], 3),
-               paired(mine, (split, "grebsmo"), loss, 3) if support != "grebsmo" else "",
-               paired(mine, ("lora", "grebsmo"), loss, 3)]
+        row = [mean_std([bleu(e) for e in mine]), paired(support, (split, "grebsmo"), bleu, 2) if support != "grebsmo"
+               else "", paired(support, ("lora", "grebsmo"), bleu, 2), mean_std([loss(e) for e in mine], 3),
+               paired(support, (split, "grebsmo"), loss, 3) if support != "grebsmo" else "",
+               paired(support, ("lora", "grebsmo"), loss, 3)]
         lines.append(f"| {support} | " + " | ".join(row) + " |")
     lora = cells.get(("e2e", "lora", "grebsmo", rank), [])
     lines.append(f"| (LoRA) | {mean_std([bleu(e) for e in lora])} | | | {mean_std([loss(e) for e in lora], 3)} | | |")
