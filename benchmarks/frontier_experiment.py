@@ -56,6 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _protocol import BEST_EPOCH_RULE, SELECTION_SEED, Family, seeds_arg  # noqa: E402
 from _record import HERE, record  # noqa: E402
 
 RUNS_PATH = HERE / "frontier_runs.jsonl"
@@ -88,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--e2e-splits", default="winner",
                    help="splits run on E2E: 'winner' (the split that wins on GLUE) or a list like 0.5,0.75")
     p.add_argument("--splits", default="0.5,0.75", help="shares of each budget given to S")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="1,2,3", help="evaluation seeds: the tables pair and test these only "
+                   f"(never the selection seed, {SELECTION_SEED})")
     p.add_argument("--probe-rank", type=probe_rank_arg, default=8,
                    help="the budget where learning rates are searched, when a grid has several, or 'each': "
                         "a search at every budget (a rate that suits rank 8 may not suit rank 32)")
@@ -215,7 +217,7 @@ def run_one(args, task: str, v: dict, lr: float, seed: int, finished: list[dict]
     entry = {"key": key, "score": metrics["score"], "main_metric": metrics["main_metric"],
              "dev": metrics["dev"], "trainable_parameters": metrics["trainable_parameters"],
              "trainable_share": metrics["trainable_share"], "train_seconds": metrics["train_seconds"],
-             "wall_seconds": metrics["wall_seconds"]}
+             "wall_seconds": metrics["wall_seconds"], "history": eval_history(path, metrics)}
     if task == "e2e":
         from dsee.train.generate import evaluate_generation_run
 
@@ -227,6 +229,16 @@ def run_one(args, task: str, v: dict, lr: float, seed: int, finished: list[dict]
     record("frontier_run", entry, path=args.runs_file)
     finished.append(entry)
     return entry
+
+
+def eval_history(path: Path, metrics: dict) -> list[dict]:
+    """Every dev evaluation of the run (step, epoch, main metric, loss): the record keeps the last epoch's
+    score beside the best one, so a table can report either rule."""
+    from dsee.train.run import read_eval_log
+
+    split, main = metrics["selection_split"], metrics["main_metric"]
+    return [{"step": e["step"], "epoch": e["epoch"], "score": e["dev"][split].get(main),
+             "loss": e["dev"][split].get("loss")} for e in read_eval_log(path)]
 
 
 # --- the experiment ------------------------------------------------------------------------------
@@ -259,7 +271,7 @@ def probe_rate(args, task: str, v: dict, grid: list[float]) -> float | None:
     value (ties: the smaller rate); None while a probe run is missing (report-only)."""
     if len(grid) == 1:
         return grid[0]
-    seed0 = int(args.seeds.split(",")[0])
+    seed0 = SELECTION_SEED
     results = {}
     for lr in grid:
         entry = run_one(args, task, v, lr, seed0, args.finished)
@@ -286,9 +298,10 @@ def choose_rates(args, tasks, kinds_of) -> dict[tuple[str, str, int], float]:
     return rates
 
 
-def collect(args, tasks, kinds_of, rates, cells) -> None:
-    """Every run of the grid at its chosen rate into ``cells[(task, kind, support, budget rank)]``."""
-    for seed in (int(s) for s in args.seeds.split(",")):  # seed-major: a stopped run leaves every cell fuller
+def collect(args, tasks, kinds_of, rates, cells, seeds=None) -> None:
+    """Every run of the grid at its chosen rate into ``cells[(task, kind, support, budget rank)]``, at the
+    evaluation seeds (or at ``seeds``)."""
+    for seed in seeds if seeds is not None else seeds_arg(args.seeds):  # seed-major: a stopped run leaves every cell fuller
         for task in tasks:
             for rank in ranks_of(args, task):
                 for kind in kinds_of(task):
@@ -308,12 +321,16 @@ def paired_differences(cells, task, kind, rank, support="grebsmo", against=("lor
     return [mine[s] - base[s] for s in sorted(set(mine) & set(base))]
 
 
-def best_split(args, tasks, cells) -> str | None:
-    """The split whose paired difference to LoRA, averaged over every GLUE task, budget and seed, is largest."""
+def best_split(args, tasks, rates) -> str | None:
+    """The split whose paired difference to LoRA, averaged over every GLUE task and budget, is largest on
+    the selection seed (its runs at the chosen rates are the rate probes' own runs): chosen before, and
+    apart from, the evaluation seeds."""
+    selection: dict = {}
+    collect(args, [t for t in tasks if t != "e2e"], lambda task: kinds(args), rates, selection, seeds=[SELECTION_SEED])
     means = {}
     for kind in kinds(args)[1:]:
         diffs = [d for task in tasks if task != "e2e" for rank in ranks_of(args, task)
-                 for d in paired_differences(cells, task, kind, rank)]
+                 for d in paired_differences(selection, task, kind, rank)]
         if diffs:
             means[kind] = statistics.mean(diffs)
     return max(means, key=means.get) if means else None
@@ -351,7 +368,7 @@ def ablation_rates(args, tasks, rates, split) -> dict[tuple[str, str], float]:
 def ablation(args, tasks, rates, split, cells) -> dict[tuple[str, str], float]:
     """The support ablation at ``split`` and the task's ablation budget; returns the rate of each support."""
     support_rates = ablation_rates(args, tasks, rates, split)
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds_arg(args.seeds):
         for (task, support), lr in support_rates.items():
             v = variant(split, ablation_rank(args, task), support)
             entry = run_one(args, task, v, lr, seed, args.finished)
@@ -381,16 +398,7 @@ def mean_std(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f} ({len(values)})"
 
 
-def paired_t(diffs: list[float]) -> float | None:
-    """Two-sided p of a paired t-test (mean difference 0); None with fewer than 2 pairs or no spread."""
-    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
-        return None
-    from scipy import stats
-
-    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
-
-
-def frontier_table(args, tasks, cells) -> str:
+def frontier_table(args, tasks, cells, family: Family) -> str:
     lines = []
     for task in tasks:
         ranks = ranks_of(args, task)
@@ -410,43 +418,41 @@ def frontier_table(args, tasks, cells) -> str:
             lines.append("| ↳ trainable | " + " | ".join(counts) + " |")
         if task == "e2e":
             for kind in present:
-                row = [mean_std([e["dev_loss"] for e in cells.get((task, kind, "grebsmo", r), [])]) for r in ranks]
+                row = [mean_std([e["dev_loss"] for e in cells.get((task, kind, "grebsmo", r), [])], 3) for r in ranks]
                 lines.append(f"| {label(variant(kind, 4))}: dev loss | " + " | ".join(row) + " |")
         for kind in present[1:]:
-            row = []
-            for rank in ranks:
-                diffs = paired_differences(cells, task, kind, rank)
-                p = paired_t(diffs)
-                row.append(f"{statistics.mean(diffs):+.2f}" + (f" (p {p:.2f})" if p is not None else "")
-                           if diffs else "–")
+            row = [family.paired(paired_differences(cells, task, kind, rank)) for rank in ranks]
             lines.append(f"| {label(variant(kind, 4))} − LoRA, paired | " + " | ".join(row) + " |")
+            if task == "e2e":
+                loss = lambda e: e["dev_loss"]  # noqa: E731
+                row = [family.paired(paired_differences(cells, task, kind, rank, measure=loss), 3) for rank in ranks]
+                lines.append(f"| {label(variant(kind, 4))} − LoRA, dev loss, paired | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def overall_table(args, tasks, cells) -> str:
-    tasks = [t for t in tasks if t != "e2e"]  # GLUE scores pool; BLEU is tested on its own below
+def overall_table(args, tasks, cells, family: Family) -> str:
+    """Per budget, the GLUE tasks pooled on standardised differences (each task's paired differences over
+    their root mean square: F1, correlation and accuracy never add up raw), every task counted once."""
+    tasks = [t for t in tasks if t != "e2e"]  # BLEU is tested on its own below
     if not tasks:
         return ""
     ranks = [int(r) for r in args.ranks.split(",")]
-    lines = ["\nGLUE: paired differences to LoRA at equal budget, pooled over the tasks and seeds "
-             "(mean, [min, max], pairs; paired t-test p):\n",
-             "| split | " + " | ".join(f"r = {r}" for r in ranks) + " | all budgets |", "|---|" + "---|" * (len(ranks) + 1)]
+    lines = ["\nGLUE pooled over the tasks on standardised differences (each task's DSEE − LoRA differences "
+             "divided by their root mean square, averaged per task, then over tasks: +1 = every pair up; exact "
+             "sign-flip test over all pairs):\n",
+             "| split | " + " | ".join(f"r = {r}" for r in ranks) + " | every budget |", "|---|" + "---|" * (len(ranks) + 1)]
     for kind in kinds(args)[1:]:
-        row, everything = [], []
+        row, everything = [], {}
         for rank in ranks:
-            diffs = [d for task in tasks for d in paired_differences(cells, task, kind, rank)]
-            everything += diffs
-            p = paired_t(diffs)
-            row.append(f"{statistics.mean(diffs):+.2f} [{min(diffs):+.2f}, {max(diffs):+.2f}] ({len(diffs)})"
-                       + (f" p {p:.2f}" if p is not None else "") if diffs else "–")
-        p = paired_t(everything)
-        row.append(f"{statistics.mean(everything):+.2f} ({len(everything)})" + (f" p {p:.3f}" if p is not None else "")
-                   if everything else "–")
+            groups = {task: paired_differences(cells, task, kind, rank) for task in tasks}
+            everything.update({f"{task} r{rank}": d for task, d in groups.items()})
+            row.append(family.pooled(groups))
+        row.append(family.pooled(everything, noun="task × budget cells"))
         lines.append(f"| {label(variant(kind, 4))} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def ablation_table(args, tasks, split, cells) -> str:
+def ablation_table(args, tasks, split, cells, family: Family) -> str:
     tasks = [t for t in tasks if t in args.ablation_tasks.split(",") and t != "e2e"]
     if split is None or not tasks:
         return ""
@@ -458,11 +464,10 @@ def ablation_table(args, tasks, split, cells) -> str:
     for support in supports:
         cells_row = []
         for task in tasks:
-            mine = [value(e, task) for e in cells.get((task, split, support, rank), [])]
-            text = mean_std(mine)
+            text = mean_std([value(e, task) for e in cells.get((task, split, support, rank), [])])
             if support != "grebsmo":
                 diffs = paired_differences(cells, task, split, rank, support, against=(split, "grebsmo"))
-                text += f"; {statistics.mean(diffs):+.2f}" if diffs else ""
+                text += f"; {family.paired(diffs)}" if diffs else ""
             cells_row.append(text)
         lines.append(f"| {support} | " + " | ".join(cells_row) + " |")
     lora = [mean_std([value(e, t) for e in cells.get((t, "lora", "grebsmo", rank), [])]) for t in tasks]
@@ -470,19 +475,15 @@ def ablation_table(args, tasks, split, cells) -> str:
     return "\n".join(lines) + "\n"
 
 
-def e2e_ablation_table(args, split, cells) -> str:
+def e2e_ablation_table(args, split, cells, family: Family) -> str:
     """The support ablation on E2E: BLEU and dev loss per support, each paired by seed against GreBsmo
-    and against LoRA at the same budget (dev loss: lower is better; its p from a paired t-test)."""
+    and against LoRA at the same budget (dev loss: lower is better)."""
     rank = args.e2e_ablation_rank
     if split is None or "e2e" not in args.ablation_tasks.split(",") or ("e2e", split, "grebsmo", rank) not in cells:
         return ""
 
-    def paired(support, against, measure, digits) -> str:
-        diffs = paired_differences(cells, "e2e", split, rank, support, against, measure)
-        if not diffs:
-            return "–"
-        p = paired_t(diffs)
-        return f"{statistics.mean(diffs):+.{digits}f}" + (f" (p {p:.2f})" if p is not None else "")
+    def compare(support, against, measure, digits) -> str:
+        return family.paired(paired_differences(cells, "e2e", split, rank, support, against, measure), digits)
 
     bleu, loss = (lambda e: value(e, "e2e")), (lambda e: e["dev_loss"])
     lines = [f"\nE2E support ablation ({label(variant(split, rank))}, r = {rank}'s budget; mean ± std (seeds); "
@@ -490,10 +491,11 @@ def e2e_ablation_table(args, split, cells) -> str:
              "| support | BLEU ×100 | − GreBsmo | − LoRA | dev loss | − GreBsmo | − LoRA |", "|---|---|---|---|---|---|---|"]
     for support in ["grebsmo"] + args.ablation_methods.split(","):
         mine = cells.get(("e2e", split, support, rank), [])
-        row = [mean_std([bleu(e) for e in mine]), paired(support, (split, "grebsmo"), bleu, 2) if support != "grebsmo"
-               else "", paired(support, ("lora", "grebsmo"), bleu, 2), mean_std([loss(e) for e in mine], 3),
-               paired(support, (split, "grebsmo"), loss, 3) if support != "grebsmo" else "",
-               paired(support, ("lora", "grebsmo"), loss, 3)]
+        own = support != "grebsmo"
+        row = [mean_std([bleu(e) for e in mine]), compare(support, (split, "grebsmo"), bleu, 2) if own else "",
+               compare(support, ("lora", "grebsmo"), bleu, 2), mean_std([loss(e) for e in mine], 3),
+               compare(support, (split, "grebsmo"), loss, 3) if own else "",
+               compare(support, ("lora", "grebsmo"), loss, 3)]
         lines.append(f"| {support} | " + " | ".join(row) + " |")
     lora = cells.get(("e2e", "lora", "grebsmo", rank), [])
     lines.append(f"| (LoRA) | {mean_std([bleu(e) for e in lora])} | | | {mean_std([loss(e) for e in lora], 3)} | | |")
@@ -523,7 +525,7 @@ def rate_table(args, tasks) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bleu_tests(args, cells) -> str:
+def bleu_tests(args, cells, family: Family) -> str:
     """Paired bootstrap of BLEU (same decoded MRs), each split against LoRA at the same budget and seed."""
     if not any(k[0] == "e2e" for k in cells):
         return ""
@@ -533,8 +535,8 @@ def bleu_tests(args, cells) -> str:
     _, references = load_e2e(args.data_dir, "validation").grouped()
     references = references[:args.decode_items]
     lines = ["\nE2E: each split against LoRA, paired bootstrap of BLEU over the same decoded MRs "
-             "(1,000 draws, two-sided):\n", "| split | budget r | seed | LoRA | DSEE | Δ | p |",
-             "|---|---|---|---|---|---|---|"]
+             "(1,000 draws; 95% interval of Δ; two-sided shift-method p):\n",
+             "| split | budget r | seed | LoRA | DSEE | Δ [95%] | p |", "|---|---|---|---|---|---|---|"]
     for kind in kinds(args)[1:]:
         for rank in ranks_of(args, "e2e"):
             lora = {e["key"]["seed"]: e for e in cells.get(("e2e", "lora", "grebsmo", rank), [])}
@@ -544,7 +546,8 @@ def bleu_tests(args, cells) -> str:
                     continue
                 t = paired_bootstrap_bleu(base["predictions"], e["predictions"], references, resamples=1000)
                 lines.append(f"| {kind.removeprefix('split')} | {rank} | {e['key']['seed']} | {100 * t['baseline']:.2f} | "
-                             f"{100 * t['system']:.2f} | {100 * t['delta']:+.2f} | {t['p_value']:.3f} |")
+                             f"{100 * t['system']:.2f} | {100 * t['delta']:+.2f} [{100 * t['delta_low']:+.2f}, "
+                             f"{100 * t['delta_high']:+.2f}] | {family.p_value(t['p_value'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -595,7 +598,7 @@ def main(argv=None) -> int:
     # 1. GLUE: LoRA and every split at every budget; 2. the support ablation at the winning split
     rates = choose_rates(args, glue, lambda task: kinds(args))
     collect(args, glue, lambda task: kinds(args), rates, cells)
-    split = best_split(args, glue, cells)
+    split = best_split(args, glue, rates)
     support_rates = ablation(args, glue, rates, split, cells) if split is not None else {}
     # 3. E2E: LoRA and the winning split (or the splits asked for) at its budgets; its support ablation
     e2e_split = None
@@ -613,11 +616,17 @@ def main(argv=None) -> int:
     if args.ablation_lrs:
         chosen += f"; ablation (grids {args.ablation_lrs}): " + "; ".join(
             f"{TASK_LABEL[t]} {s}: {lr:g}" for (t, s), lr in support_rates.items())
+    family = Family()
+    body = (frontier_table(args, tasks, cells, family) + overall_table(args, tasks, cells, family)
+            + ablation_table(args, tasks, split, cells, family) + e2e_ablation_table(args, e2e_split, cells, family)
+            + bleu_tests(args, cells, family))
     text = ("# LoRA vs DSEE at equal trainable parameters\n\n"
-            f"Learning rates: {chosen}.\n"
-            + frontier_table(args, tasks, cells) + overall_table(args, tasks, cells)
-            + ablation_table(args, tasks, split, cells) + e2e_ablation_table(args, e2e_split, cells)
-            + bleu_tests(args, cells) + rate_table(args, tasks))
+            f"Protocol (benchmarks/README.md): learning rates and the split chosen on seed {SELECTION_SEED} only; "
+            f"the tables evaluate seeds {args.seeds} (a cell shows how many it has); best-epoch rule: {BEST_EPOCH_RULE}. "
+            "Paired cells: mean difference [95% t-interval] (pairs; paired t-test p, exact sign-flip p, Holm p over "
+            f"the {len(family)} tests of this report, on the sign-flip or bootstrap p).\n\n"
+            f"Learning rates (chosen on seed {SELECTION_SEED}): {chosen}.\n"
+            + family.render(body) + rate_table(args, tasks))
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
     (report / "frontier_results.md").write_text(text)

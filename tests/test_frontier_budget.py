@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import transformers as T
+from scipy import stats
 
 from dsee import DSEEConfig, add_dsee, count_parameters
 
@@ -16,6 +19,7 @@ sys.path.insert(0, str(BENCH))
 spec = importlib.util.spec_from_file_location("frontier_experiment", BENCH / "frontier_experiment.py")
 frontier = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(frontier)
+from _protocol import Family  # noqa: E402
 
 
 def _model(task):
@@ -106,6 +110,17 @@ def test_the_e2e_ablation_runs_at_its_own_budget_and_the_e2e_rate():
     assert frontier.ablation_rank(args, "e2e") == 16 and frontier.ablation_rank(args, "mrpc") == 8
 
 
+def _expected_cell(diffs, digits, holm_p):
+    """A paired cell written out from scipy: mean [95% t-interval] (n; t p, exact sign-flip p, Holm p)."""
+    d = np.array(diffs)
+    test = stats.ttest_1samp(d, 0.0)
+    low, high = test.confidence_interval(0.95)
+    flips = sum(abs(sum(s * x for s, x in zip(signs, d))) >= abs(d.sum()) - 1e-12
+                for signs in itertools.product((1, -1), repeat=len(d))) / 2 ** len(d)
+    return (f"{d.mean():+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] ({len(d)}; t p {test.pvalue:.2f}, "
+            f"flip p {flips:.2f}, Holm p {holm_p:.2f})")
+
+
 def test_the_e2e_ablation_table_pairs_by_seed_against_grebsmo_and_lora():
     args = frontier.parse_args(["--data-dir", "unused", "--ablation-tasks", "e2e", "--e2e-ablation-rank", "16",
                                 "--ablation-methods", "gradient"])
@@ -113,16 +128,63 @@ def test_the_e2e_ablation_table_pairs_by_seed_against_grebsmo_and_lora():
     def run(seed, bleu, loss):
         return {"key": {"seed": seed}, "scores": {"bleu": bleu}, "dev_loss": loss}
 
-    cells = {("e2e", "lora", "grebsmo", 16): [run(0, 0.50, 1.60), run(1, 0.40, 1.50)],
-             ("e2e", "split0.5", "grebsmo", 16): [run(0, 0.52, 1.61), run(1, 0.42, 1.52)],
-             ("e2e", "split0.5", "gradient", 16): [run(1, 0.47, 1.45), run(0, 0.51, 1.57), run(2, 0.9, 1.0)]}
-    table = frontier.e2e_ablation_table(args, "split0.5", cells)
+    cells = {("e2e", "lora", "grebsmo", 16): [run(1, 0.50, 1.60), run(2, 0.40, 1.50), run(3, 0.45, 1.55)],
+             ("e2e", "split0.5", "grebsmo", 16): [run(1, 0.52, 1.61), run(2, 0.42, 1.52), run(3, 0.44, 1.56)],
+             ("e2e", "split0.5", "gradient", 16): [run(2, 0.47, 1.45), run(1, 0.51, 1.57), run(4, 0.9, 1.0),
+                                                   run(3, 0.49, 1.50)]}
+    family = Family()
+    table = family.render(frontier.e2e_ablation_table(args, "split0.5", cells, family))
+    assert len(family) == 6  # grebsmo − LoRA (BLEU, loss), gradient − GreBsmo and − LoRA (BLEU, loss)
     row = next(line for line in table.splitlines() if line.startswith("| gradient"))
     cols = [c.strip() for c in row.strip("|").split("|")]
-    # seed 2 has no partner; seed 0: -1, +1 BLEU; seed 1: +5, +7; dev loss -0.04/-0.03 and -0.07/-0.05
-    assert cols[2].startswith("+2.00 (p ") and cols[3].startswith("+4.00 (p ")
-    assert cols[5].startswith("-0.055 (p ") and cols[6].startswith("-0.040 (p ")
-    assert frontier.e2e_ablation_table(args, None, cells) == ""
+    # seed 4 has no partner; by seed 1, 2, 3: BLEU −1, +5, +5 vs GreBsmo and +1, +7, +4 vs LoRA
+    # (×100); dev loss −0.04, −0.07, −0.06 and −0.03, −0.05, −0.05. Every flip p is 0.25 or 0.75, so
+    # Holm over 6 tests: 6 × the smallest …, all capped at 1
+    assert cols[2] == _expected_cell([-1.0, 5.0, 5.0], 2, 1.0)
+    assert cols[3] == _expected_cell([1.0, 7.0, 4.0], 2, 1.0)
+    assert cols[5] == _expected_cell([-0.04, -0.07, -0.06], 3, 1.0)
+    assert cols[6] == _expected_cell([-0.03, -0.05, -0.05], 3, 1.0)
+    assert frontier.e2e_ablation_table(args, None, cells, Family()) == ""
+
+
+def test_tables_pool_tasks_on_standardised_differences_and_count_every_test_in_the_family():
+    args = frontier.parse_args(["--data-dir", "unused", "--ranks", "8", "--splits", "0.5"])
+
+    def run(seed, score):
+        return {"key": {"seed": seed}, "score": score, "trainable_parameters": 74498}
+
+    cells = {("mrpc", "lora", "grebsmo", 8): [run(1, 0.80), run(2, 0.82), run(3, 0.81)],
+             ("mrpc", "split0.5", "grebsmo", 8): [run(1, 0.81), run(2, 0.84), run(3, 0.80)],
+             ("stsb", "lora", "grebsmo", 8): [run(1, 0.850), run(2, 0.860)],
+             ("stsb", "split0.5", "grebsmo", 8): [run(1, 0.851), run(2, 0.862)]}
+    family = Family()
+    text = family.render(frontier.frontier_table(args, ["mrpc", "stsb"], cells, family)
+                         + frontier.overall_table(args, ["mrpc", "stsb"], cells, family))
+    assert len(family) == 4  # two per-task comparisons, the budget's pool and every budget's pool
+    assert "| DSEE 50% in S − LoRA, paired | " + _expected_cell([1.0, 2.0, -1.0], 2, 1.0) + " |" in text
+    # pooled: MRPC +1, +2, −1 over rms sqrt(2) and STS-B +0.1, +0.2 over rms sqrt(0.025): effects 0.4714 and
+    # 0.9487, mean 0.71; 5 pairs: patterns reaching it counted by hand below
+    z = [1 / 2 ** 0.5, 2 / 2 ** 0.5, -1 / 2 ** 0.5, 0.1 / 0.025 ** 0.5, 0.2 / 0.025 ** 0.5]
+    w = [1 / 6] * 3 + [1 / 4] * 2
+    observed = sum(a * b for a, b in zip(w, z))
+    hits = sum(abs(sum(s * a * b for s, a, b in zip(signs, w, z))) >= observed - 1e-12
+               for signs in itertools.product((1, -1), repeat=5))
+    assert f"{observed:+.2f} (2 tasks, 5 pairs, 4 up / 1 down; flip p {hits / 32:.2f}, Holm p" in text
+
+
+def test_the_split_is_chosen_on_the_selection_seed_only():
+    """Seed 0 favours the 75% split, the evaluation seeds the 50% one: the choice follows seed 0."""
+    args = frontier.parse_args(["--data-dir", "unused", "--report-only", "--ranks", "8", "--splits", "0.5,0.75",
+                                "--glue-lrs", "0.003"])
+    args.finished = _finished(args, [("lora", 8, 0.003, 0, 0.80), ("split0.5", 8, 0.003, 0, 0.79),
+                                     ("split0.75", 8, 0.003, 0, 0.82)]
+                              + [(k, 8, 0.003, s, 0.80 + (0.05 if k == "split0.5" else 0)) for s in (1, 2, 3)
+                                 for k in ("lora", "split0.5", "split0.75")])
+    rates = frontier.choose_rates(args, ["mrpc"], lambda task: frontier.kinds(args))
+    assert frontier.best_split(args, ["mrpc"], rates) == "split0.75"
+    with pytest.raises(SystemExit, match="selection seed"):
+        frontier.collect(frontier.parse_args(["--data-dir", "unused", "--seeds", "0,1"]), ["mrpc"],
+                         lambda task: ["lora"], rates, {})
 
 
 def test_runs_of_another_protocol_get_their_own_directory():

@@ -203,6 +203,25 @@ def corpus_bleu(hyps: list[str], refs: list[list[str]]) -> float:
     return float(bleu_metric().corpus_score(hyps, reference_streams(refs)).score) / 100.0
 
 
+def bleu_item_statistics(hyps: list[str], refs: list[list[str]]):
+    """Per-item sufficient statistics of :func:`corpus_bleu` on tokenised text: an (items, 10) int64 array
+    of hypothesis length, closest reference length, then matches and totals of 1- to 4-grams.
+
+    Summed over any multiset of items, :func:`bleu_from_statistics` gives that multiset's corpus BLEU, the
+    same number as :func:`corpus_bleu` on those items (this is how sacrebleu computes a corpus score: its
+    ``_extract_corpus_statistics`` and ``_compute_score_from_stats``, which its own significance tests use).
+    """
+    import numpy as np
+
+    stats = bleu_metric()._extract_corpus_statistics(hyps, reference_streams(refs))
+    return np.asarray(stats, dtype=np.int64)
+
+
+def bleu_from_statistics(summed) -> float:
+    """Corpus BLEU in [0, 1] from summed :func:`bleu_item_statistics` (a length-10 vector)."""
+    return float(bleu_metric()._compute_score_from_stats([int(round(x)) for x in summed]).score) / 100.0
+
+
 def _ngrams(tokens: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:
     return (tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
