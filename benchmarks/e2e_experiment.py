@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _protocol import Family  # noqa: E402
 from _record import HERE, record  # noqa: E402
 
 from dsee.train.generate import evaluate_generation_run  # noqa: E402
@@ -118,6 +119,7 @@ def paired_tests(args, entries: list[dict]) -> str:
 
     _, references = load_e2e(args.data_dir, "validation").grouped()
     references = references[:args.decode_items]
+    family = Family()
     lines = []
     for rank, seed in sorted({(e["key"]["rank"], e["key"]["seed"]) for e in entries}):
         outputs = {}
@@ -129,11 +131,15 @@ def paired_tests(args, entries: list[dict]) -> str:
             continue
         t = paired_bootstrap_bleu(outputs["lora"], outputs["dsee"], references, resamples=1000)
         lines.append(f"| {rank} | {seed} | {100 * t['baseline']:.2f} | {100 * t['system']:.2f} | "
-                     f"{100 * t['delta']:+.2f} | {t['p_value']:.3f} |")
+                     f"{100 * t['delta']:+.2f} [{100 * t['delta_low']:+.2f}, {100 * t['delta_high']:+.2f}] | "
+                     f"{family.p_value(t['p_value'])} |")
     if not lines:
-        return ""
-    return ("\nDSEE against LoRA, paired bootstrap of BLEU over the same decoded MRs (1,000 draws, two-sided):\n\n"
-            "| rank | seed | LoRA BLEU | DSEE BLEU | Δ | p |\n|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+        return ("\nNo paired bootstrap: the decoded outputs are read from the run directories, which are not here "
+                "(the records keep the scores only).\n")
+    return family.render("\nDSEE against LoRA, paired bootstrap of BLEU over the same decoded MRs (1,000 draws; 95% "
+                         "interval of Δ; two-sided shift-method p, Holm over the table):\n\n"
+                         "| rank | seed | LoRA BLEU | DSEE BLEU | Δ [95%] | p |\n|---|---|---|---|---|---|\n"
+                         + "\n".join(lines) + "\n")
 
 
 def plot(entries: list[dict], path: Path) -> None:

@@ -586,14 +586,14 @@ def plot(args, tasks, cells, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def gather(args) -> dict:
+    """Every run of the experiment (trained now unless report-only, then only what is recorded): the
+    learning rates, ``cells`` at the evaluation seeds, the winning split and the ablation's rates."""
     tasks = args.tasks.split(",")
     glue = [t for t in tasks if t != "e2e"]
     runs = Path(args.runs_file)
     args.finished = [json.loads(line)["results"] for line in runs.read_text().splitlines() if line.strip()] \
         if runs.is_file() else []
-    start = time.perf_counter()
     cells: dict = {}
     # 1. GLUE: LoRA and every split at every budget; 2. the support ablation at the winning split
     rates = choose_rates(args, glue, lambda task: kinds(args))
@@ -612,6 +612,16 @@ def main(argv=None) -> int:
         e2e_split = e2e_kinds[1] if len(e2e_kinds) == 2 else None  # the ablation needs one split there
         if e2e_split is not None:
             support_rates.update(ablation(args, ["e2e"], e2e_rates, e2e_split, cells))
+    return {"tasks": tasks, "rates": rates, "cells": cells, "split": split, "e2e_split": e2e_split,
+            "support_rates": support_rates}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    found = gather(args)
+    tasks, rates, cells, split, e2e_split, support_rates = (found[k] for k in (
+        "tasks", "rates", "cells", "split", "e2e_split", "support_rates"))
     chosen = rates_text(rates)
     if args.ablation_lrs:
         chosen += f"; ablation (grids {args.ablation_lrs}): " + "; ".join(

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _protocol import SELECTION_SEED, Family, seeds_arg  # noqa: E402
 from _record import HERE, record  # noqa: E402
 
 from dsee.train.checkpoint import has_checkpoint  # noqa: E402
@@ -65,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="default: the embedded all-MiniLM-L6-v2")
     p.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="1,2", help=f"evaluation seeds; rates are searched on seed {SELECTION_SEED} "
+                   "(the selection seed), which the table never shows")
     p.add_argument("--lrs-adapter", default="5e-4,1.5e-3", help="learning rates searched for lora and dsee")
     p.add_argument("--lrs-full", default="3e-5,1e-4", help="learning rates searched for full fine-tuning")
     p.add_argument("--no-extend-edges", dest="extend_edges", action="store_false",
@@ -137,13 +139,22 @@ def run_one(args, task: str, method: str, lr: float, seed: int, limits: dict[str
     return dict(kept, seed=seed)
 
 
+def selection_score(runs: list[dict]) -> float:
+    return next(m["score"] for m in runs if m["seed"] == SELECTION_SEED)
+
+
 def best_lr(by_lr: dict[float, list[dict]]) -> float:
-    """The learning rate with the best dev score at the first seed (ties: the smaller rate)."""
-    return max(sorted(by_lr), key=lambda lr: by_lr[lr][0]["score"])
+    """The learning rate with the best dev score on the selection seed (ties: the smaller rate)."""
+    return max(sorted(by_lr), key=lambda lr: selection_score(by_lr[lr]))
+
+
+def evaluated(runs: list[dict]) -> list[dict]:
+    """The runs of the evaluation seeds (the selection seed's run chose the rate: it is not evaluated)."""
+    return [m for m in runs if m["seed"] != SELECTION_SEED]
 
 
 def aggregate(results: dict, tasks: list[str], methods: list[str]) -> dict:
-    """Per (task, method): the lr chosen at the first seed, and mean/std over the seeds run at it."""
+    """Per (task, method): the lr chosen on the selection seed, and mean/std over the evaluation seeds run at it."""
     table = {}
     for task in tasks:
         for method in methods:
@@ -151,7 +162,9 @@ def aggregate(results: dict, tasks: list[str], methods: list[str]) -> dict:
             if not by_lr:
                 continue
             chosen = best_lr(by_lr)
-            runs = by_lr[chosen]
+            runs = evaluated(by_lr[chosen])
+            if not runs:
+                continue
             scores = [100 * m["score"] for m in runs]
             table[task, method] = {
                 "lr": chosen,
@@ -190,12 +203,13 @@ def markdown(table: dict, tasks: list[str], methods: list[str]) -> str:
     metrics = ", ".join(f"{TASK_LABEL.get(t, t)}: {next(r['metric'] for (tt, _), r in table.items() if tt == t)}"
                         for t in tasks if any(tt == t for tt, _ in table))
     lrs = "; ".join(f"{TASK_LABEL.get(t, t)} {m} {table[t, m]['lr']:g}" for t in tasks for m in methods if (t, m) in table)
-    return ("\n".join(lines) + f"\n\nCells: mean ± std over seeds (number of seeds). Metrics (×100): {metrics}."
-            f"\nChosen learning rates (searched at the first seed): {lrs}.\n")
+    return ("\n".join(lines) + f"\n\nCells: mean ± std over the evaluation seeds (number of seeds). Metrics (×100): "
+            f"{metrics}.\nChosen learning rates (searched on seed {SELECTION_SEED}, not evaluated): {lrs}.\n")
 
 
 def seed_averages(results: dict, tasks: list[str], methods: list[str]) -> dict[str, dict[int, float]]:
-    """{method: {seed: average over all tasks}} at the chosen rates, for the seeds finished on every task."""
+    """{method: {seed: average over all tasks}} at the chosen rates, for the evaluation seeds finished on
+    every task (the GLUE average: a convention; tests below pool standardised differences instead)."""
     out: dict[str, dict[int, float]] = {}
     for method in methods:
         per_task = []
@@ -203,28 +217,47 @@ def seed_averages(results: dict, tasks: list[str], methods: list[str]) -> dict[s
             by_lr = results.get((task, method))
             if not by_lr:
                 break
-            per_task.append({m["seed"]: 100 * m["score"] for m in by_lr[best_lr(by_lr)]})
+            per_task.append({m["seed"]: 100 * m["score"] for m in evaluated(by_lr[best_lr(by_lr)])})
         else:
             common = set.intersection(*(set(d) for d in per_task)) if per_task else set()
             out[method] = {seed: statistics.mean(d[seed] for d in per_task) for seed in sorted(common)}
     return out
 
 
+def paired_scores(results: dict, task: str, method: str, against: str) -> list[float]:
+    """``method`` − ``against`` (×100) at each evaluation seed both ran, at their chosen rates."""
+    def by_seed(m: str) -> dict[int, float]:
+        by_lr = results.get((task, m))
+        return {r["seed"]: 100 * r["score"] for r in evaluated(by_lr[best_lr(by_lr)])} if by_lr else {}
+
+    mine, base = by_seed(method), by_seed(against)
+    return [mine[s] - base[s] for s in sorted(set(mine) & set(base))]
+
+
 def by_seed_markdown(results: dict, tasks: list[str], methods: list[str]) -> str:
-    """The task average per seed, and DSEE's paired difference (same seed, same data order) to each method."""
+    """The task average per seed, and DSEE − each method paired by seed: per task, then pooled on
+    standardised differences (tasks use different metrics)."""
     averages = seed_averages(results, tasks, methods)
     seeds = sorted({s for by_seed in averages.values() for s in by_seed})
     if not seeds:
         return ""
-    lines = ["", "Average over the tasks, by seed (a seed is counted once it has finished on every task):", "",
-             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | DSEE − method, by seed |",
-             "|" + "---|" * (len(seeds) + 2)]
-    dsee = averages.get("dsee", {})
+    lines = ["", "Average over the tasks, by evaluation seed (a seed is counted once it has finished on every task):",
+             "", "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|" + "---|" * (len(seeds) + 1)]
     for method, by_seed in averages.items():
-        cells = [f"{by_seed[s]:.2f}" if s in by_seed else "–" for s in seeds]
-        diffs = [f"{dsee[s] - by_seed[s]:+.2f}" for s in seeds if s in by_seed and s in dsee]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {', '.join(diffs) if method != 'dsee' else ''} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {method} | " + " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "–" for s in seeds) + " |")
+    family = Family()
+    others = [m for m in methods if m != "dsee"]
+    lines += ["", "DSEE − method, paired by seed (×100; mean [95% t-interval] (pairs; t-test p, exact sign-flip p, "
+              "Holm p over this table's tests)); pooled: standardised differences over the tasks:", "",
+              "| DSEE − | " + " | ".join(TASK_LABEL.get(t, t) for t in tasks) + " | pooled |",
+              "|" + "---|" * (len(tasks) + 2)]
+    for method in others:
+        groups = {t: paired_scores(results, t, "dsee", method) for t in tasks}
+        if not any(groups.values()):
+            continue
+        lines.append(f"| {method} | " + " | ".join(family.paired(groups[t]) for t in tasks)
+                     + f" | {family.pooled(groups)} |")
+    return family.render("\n".join(lines) + "\n")
 
 
 def plot(table: dict, tasks: list[str], methods: list[str], path: Path) -> None:
@@ -253,18 +286,17 @@ def plot(table: dict, tasks: list[str], methods: list[str], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def gather(args) -> dict:
+    """``results[(task, method)][lr]`` = the runs at that rate (the selection seed's, then the evaluation
+    seeds' at the chosen rate): recorded ones, the others trained now unless report-only."""
     tasks = args.tasks.split(",")
     methods = args.methods.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = seeds_arg(args.seeds)
     limits = {k: int(v) for k, v in (item.split("=") for item in args.max_train_samples.split(",") if item)}
-    start = time.perf_counter()
     finished = load_finished(Path(args.runs_file))
-    # results[(task, method)][lr] = [metrics at seeds[0], seeds[1], ...]
     results: dict = {}
-    first, rest = seeds[0], seeds[1:]
-    for task in tasks:  # the learning-rate search, at the first seed
+    first, rest = SELECTION_SEED, seeds
+    for task in tasks:  # the learning-rate search, on the selection seed
         for method in sorted(methods, key=lambda m: m in SEARCH_LIKE):  # searched methods first
             grid = floats(args.lrs_full if method == "full" else args.lrs_adapter)
             if method in SEARCH_LIKE and (task, SEARCH_LIKE[method]) in results:
@@ -278,7 +310,7 @@ def main(argv=None) -> int:
             by_lr = results.get((task, method), {})
             if args.extend_edges and len(grid) > 1 and by_lr and len(by_lr) == len(grid):
                 best = best_lr(by_lr)
-                tie = sum(m[0]["score"] == by_lr[best][0]["score"] for m in by_lr.values()) > 1
+                tie = sum(selection_score(m) == selection_score(by_lr[best]) for m in by_lr.values()) > 1
                 if best in (min(grid), max(grid)) and not tie:  # a tie (e.g. all stuck at chance) says nothing
                     lr = best * 2 if best == max(grid) else best / 2
                     metrics = run_one(args, task, method, lr, first, limits, finished)
@@ -294,6 +326,15 @@ def main(argv=None) -> int:
                 metrics = run_one(args, task, method, lr, seed, limits, finished)
                 if metrics is not None:
                     by_lr[lr].append(metrics)
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tasks = args.tasks.split(",")
+    methods = args.methods.split(",")
+    start = time.perf_counter()
+    results = gather(args)
     table = aggregate(results, tasks, methods)
     text = markdown(table, tasks, methods) + by_seed_markdown(results, tasks, methods)
     report = Path(args.report_dir)

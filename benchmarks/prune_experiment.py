@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _protocol import SELECTION_SEED, Family, seeds_arg  # noqa: E402
 from _record import HERE, record  # noqa: E402
 
 from dsee.train.checkpoint import has_checkpoint  # noqa: E402
@@ -70,10 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--mixed-precision of the sources (the GLUE experiment's runs, and the ones made here); bf16 "
                         "only on CPUs with native bf16")
     p.add_argument("--tasks", default="stsb,mrpc,sst2,rte")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="1,2,3", help=f"evaluation seeds (never the selection seed, {SELECTION_SEED})")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--no-best-at-70", dest="best_at_70", action="store_false",
-                   help="do not run the best 50%% method again at 70%%")
+                   help=f"do not run the best 50%% method (on seed {SELECTION_SEED}) again at 70%%")
     p.add_argument("--source-lrs", type=lambda t: [float(x) for x in t.split(",")], default=None,
                    help="the GLUE experiment's DSEE rates a source may come from (default: every rate it ran); "
                         "pins the sources when that experiment later tries more rates")
@@ -166,56 +167,107 @@ def run_variant(args, task, seed, name, source: Path, finished: list[dict]) -> d
     return entry
 
 
+def delta(entry: dict) -> float:
+    """The pruned, re-tuned model's dev score minus its unpruned source's (×100)."""
+    return 100 * (entry["metrics"]["score"] - entry["source"]["score"])
+
+
+def source_of(entry: dict) -> tuple:
+    return entry["key"]["task"], entry["key"]["seed"], entry["key"]["source"], entry["key"]["retune_epochs"]
+
+
+def against_control(entries: list[dict], variant: str, task: str) -> list[float]:
+    """Paired by source (task, seed, source run, re-tune epochs): the variant's score minus the re-tune-only
+    control's (×100): what pruning costs once the extra epochs of training are given to both."""
+    control = {source_of(e): e for e in entries if e["key"]["variant"] == CONTROL}
+    return [100 * (e["metrics"]["score"] - control[source_of(e)]["metrics"]["score"]) for e in entries
+            if e["key"]["variant"] == variant and e["key"]["task"] == task and source_of(e) in control]
+
+
+def against_source(entries: list[dict], variant: str, task: str) -> list[float]:
+    return [delta(e) for e in entries if e["key"]["variant"] == variant and e["key"]["task"] == task]
+
+
 def average_deltas(entries: list[dict], tasks: list[str], variant: str) -> dict[int, float]:
     """{seed: mean over the tasks of (variant − source) ×100}, for the seeds finished on every task."""
     by_seed: dict[int, dict[str, float]] = {}
     for e in entries:
         if e["key"]["variant"] == variant:
-            by_seed.setdefault(e["key"]["seed"], {})[e["key"]["task"]] = 100 * (e["metrics"]["score"] - e["source"]["score"])
+            by_seed.setdefault(e["key"]["seed"], {})[e["key"]["task"]] = delta(e)
     return {seed: statistics.mean(d[t] for t in tasks) for seed, d in by_seed.items() if all(t in d for t in tasks)}
 
 
+CONTROL = "retune only"
 BARS = {"unstructured50": 1.0, "2:4": 2.0}  # the issue's bars: within 1.0 (50%) and 2.0 (2:4) points
 
 
+def source_scores(entries: list[dict], task: str) -> list[float]:
+    """Each source run's score (×100) once, however many variants were pruned from it."""
+    unique = {source_of(e)[:3]: e["source"]["score"] for e in entries if e["key"]["task"] == task}
+    return [100 * score for score in unique.values()]
+
+
+def mean_text(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "–"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):+.{digits}f} ± {spread:.{digits}f} ({len(values)})"
+
+
 def table(entries: list[dict], tasks: list[str], variants: list[str]) -> str:
-    """Mean over seeds of (variant − unpruned source) per task, the average (± std over seeds), FLOPs."""
-    lines = ["| variant | FLOPs | sparsity | " + " | ".join(TASK_LABEL.get(t, t) for t in tasks)
-             + " | average Δ (± std over seeds) | bar |", "|" + "---|" * (len(tasks) + 5)]
-    source_cells = []
-    for t in tasks:
-        scores = [100 * e["source"]["score"] for e in entries if e["key"]["task"] == t]
-        source_cells.append(f"{statistics.mean(scores):.1f}" if scores else "–")
-    lines.append("| unpruned DSEE | 100% | 0% | " + " | ".join(source_cells) + " | – | |")
+    """Per task, then pooled: each variant against its unpruned source and against the re-tune-only control
+    (the same source re-tuned for the same epochs with nothing removed), paired by seed."""
+    family = Family()
+    lines = ["| variant | FLOPs | sparsity | task | Δ vs unpruned source | Δ vs re-tune-only control |",
+             "|---|---|---|---|---|---|"]
+    sources = " / ".join(f"{TASK_LABEL.get(t, t)} {statistics.mean(v):.2f} ({len(v)})"
+                         for t in tasks for v in [source_scores(entries, t)] if v)
     for v in variants:
         mine = [e for e in entries if e["key"]["variant"] == v]
         if not mine:
             continue
-        cells = []
-        for t in tasks:
-            d = [100 * (e["metrics"]["score"] - e["source"]["score"]) for e in mine if e["key"]["task"] == t]
-            cells.append(f"{statistics.mean(d):+.1f}" if d else "–")
         flops = statistics.mean(e["metrics"]["flops"] / e["source"]["flops"] for e in mine)
         sparsity = statistics.mean(e["metrics"]["sparsity"] for e in mine)
-        seeds = average_deltas(entries, tasks, v)
-        avg = "–"
-        if seeds:
-            spread = statistics.stdev(seeds.values()) if len(seeds) > 1 else 0.0
-            avg = f"{statistics.mean(seeds.values()):+.2f} ± {spread:.2f} ({len(seeds)})"
+        for i, task in enumerate(tasks):
+            head = f"| {v} | {100 * flops:.1f}% | {100 * sparsity:.0f}% |" if i == 0 else "| | | |"
+            control = "" if v == CONTROL else family.paired(against_control(entries, v, task))
+            lines.append(f"{head} {TASK_LABEL.get(task, task)} | {family.paired(against_source(entries, v, task))} | "
+                         f"{control} |")
+    pooled_lines = ["| variant | average Δ vs source (± std over seeds) | pooled vs source | "
+                    "average Δ vs control | pooled vs control | bar (average Δ vs source, vs control) |",
+                    "|---|---|---|---|---|---|"]
+    for v in variants:
+        if not any(e["key"]["variant"] == v for e in entries):
+            continue
+        by_seed = average_deltas(entries, tasks, v)
+        vs_control = [statistics.mean(d) for d in zip(*(against_control(entries, v, t) for t in tasks))] \
+            if all(against_control(entries, v, t) for t in tasks) else []
         bar = next((limit for prefix, limit in BARS.items() if v.startswith(prefix)), None)
-        verdict = "" if bar is None or not seeds else (
-            f"≥ −{bar}: {'met' if statistics.mean(seeds.values()) >= -bar else 'missed'}")
-        lines.append(f"| {v} | {100 * flops:.1f}% | {100 * sparsity:.0f}% | " + " | ".join(cells)
-                     + f" | {avg} | {verdict} |")
-    return "\n".join(lines) + ("\n\nCells: dev score of the pruned, re-tuned model minus the unpruned DSEE "
-                               "source's (×100; mean over seeds). Average Δ: over the tasks, per seed, then mean ± "
-                               "std over the seeds finished on every task. FLOPs: one forward pass at 128 tokens.\n")
+        verdict = ""
+        if bar is not None and by_seed:
+            verdicts = [f"{'met' if statistics.mean(d) >= -bar else 'missed'}" for d in (list(by_seed.values()), vs_control) if d]
+            verdict = f"≥ −{bar}: " + ", ".join(verdicts)
+        pooled_source = family.pooled({t: against_source(entries, v, t) for t in tasks})
+        pooled_control = "" if v == CONTROL else family.pooled({t: against_control(entries, v, t) for t in tasks})
+        pooled_lines.append(f"| {v} | {mean_text(list(by_seed.values()))} | {pooled_source} | "
+                            f"{'' if v == CONTROL else mean_text(vs_control)} | {pooled_control} | {verdict} |")
+    text = ("Unpruned sources (dev score ×100, mean over seeds): " + sources + ".\n\nPer task, paired by seed "
+            "(×100; mean [95% t-interval] (pairs; t-test p, exact sign-flip p, Holm p over the "
+            f"{len(family)} tests of this report)):\n\n" + "\n".join(lines) + "\n\nOver the tasks:\n\n"
+            + "\n".join(pooled_lines)
+            + "\n\nAverage Δ: the mean over the tasks per seed, then mean ± std over the seeds finished on every "
+              "task. Pooled: each task's differences over their root mean square, averaged per task and over "
+              "tasks (+1 = every pair up), with the exact sign-flip test. The re-tune-only control is the source "
+              "re-tuned for the same epochs with nothing removed, so Δ vs control is what pruning costs beyond "
+              "extra training. FLOPs: one forward pass at 128 tokens.\n")
+    return family.render(text)
 
 
 def best_fifty(entries: list[dict], tasks: list[str], variants: list[str]) -> str | None:
-    """The 50% unstructured variant with the best average Δ over the seeds finished on every task."""
+    """The 50% unstructured variant with the best average Δ on the selection seed (not an evaluation seed)."""
+    selection = [e for e in entries if e["key"]["seed"] == SELECTION_SEED]
     means = {v: statistics.mean(d.values()) for v in FIFTY if v in variants
-             for d in [average_deltas(entries, tasks, v)] if d}
+             for d in [average_deltas(selection, tasks, v)] if d}
     return max(means, key=means.get) if means else None
 
 
@@ -274,10 +326,10 @@ def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def run_all(args, tasks, variants, finished, entries=None) -> list[dict]:
+def run_all(args, tasks, variants, finished, entries=None, seeds=None) -> list[dict]:
     """Every (seed, task, variant) run, seed-major (a stopped experiment has every cell at fewer seeds)."""
     entries = list(entries or [])
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds or seeds_arg(args.seeds):
         for task in tasks:
             source = source_run(args, task, seed)
             if source is None:
@@ -289,19 +341,25 @@ def run_all(args, tasks, variants, finished, entries=None) -> list[dict]:
     return entries
 
 
+def known(variant: str) -> bool:
+    return variant in VARIANTS or variant.replace("unstructured70", "unstructured50", 1) in VARIANTS
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     tasks, variants = args.tasks.split(","), args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if not known(v)]
     if unknown:
-        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)} (and 'unstructured70 ...' of each 50% one)")
     finished = finished_runs(Path(args.runs_file))
     start = time.perf_counter()
     entries = run_all(args, tasks, variants, finished)
-    best = best_fifty(entries, tasks, variants) if args.best_at_70 else None
-    if best is not None:  # the best 50% method, again at 70%
-        variants = variants + [best.replace("unstructured50", "unstructured70", 1)]
-        entries = run_all(args, tasks, variants[-1:], finished, entries)
+    if args.best_at_70:  # the best 50% method on the selection seed, again at 70% on the evaluation seeds
+        selection = run_all(args, tasks, [v for v in variants if v in FIFTY], finished, seeds=[SELECTION_SEED])
+        best = best_fifty(selection, tasks, variants)
+        if best is not None:
+            variants = variants + [best.replace("unstructured50", "unstructured70", 1)]
+            entries = run_all(args, tasks, variants[-1:], finished, entries)
     text = table(entries, tasks, variants)
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)

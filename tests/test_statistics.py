@@ -49,6 +49,7 @@ def test_sign_flip_hand_cases():
     assert sign_flip_p([1.0, -1.0, 1.0, 1.0]) == pytest.approx(10 / 16)  # |Σ| ≥ 2: 1 + 4 + 4 + 1 patterns
     assert sign_flip_p([0.0, 0.0]) == 1.0
     assert sign_flip_p([2.5]) == 1.0
+    assert paired([0.1147 + 1e-15, 0.1147]).t_p is None  # equal up to rounding: no spread, no t-test
     five = paired([1.0] * 5)
     assert five.sign_flip_p == pytest.approx(2 / 32) and five.min_p == pytest.approx(2 / 32)
     assert paired([1.0, 2.0, 3.0]).min_p == 0.25  # three seeds can never reach p < 0.25 by this test

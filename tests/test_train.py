@@ -227,3 +227,58 @@ def test_bf16_autocast_on_cpu_trains_and_keeps_float32_adapters(tmp_path, tiny_m
     query = model.bert.encoder.layer[0].attention.self.query
     assert query.lora_A.dtype == query.lora_B.dtype == torch.float32  # autocast computes in bf16, stores fp32
     assert query.lora_B.abs().sum() > 0
+
+
+def test_select_last_keeps_the_last_evaluation_not_the_best(tmp_path, tiny_model_dir, csv_data):
+    """--select last: no choice on the dev set; the kept model and metrics are the final evaluation's."""
+    run = tmp_path / "last"
+    metrics = train(_config(run, tiny_model_dir, csv_data, select="last"), show_progress=False)
+    log = read_eval_log(run)
+    assert metrics["best_step"] == log[-1]["step"] == 32 and metrics["dev"] == log[-1]["dev"]
+    again = evaluate_run(run)  # the saved adapter is the last one
+    assert again["validation"]["loss"] == pytest.approx(log[-1]["dev"]["validation"]["loss"], abs=1e-6)
+    with pytest.raises(ValueError, match="select"):
+        _config(run, tiny_model_dir, csv_data, select="median")
+
+
+def test_sparse_lr_ratio_moves_only_the_sparse_values_at_their_own_rate(tmp_path, tiny_model_dir, csv_data):
+    """AdamW's first step moves every entry by lr·g/(|g| + eps): S by ratio × lr, A, B and the head by lr."""
+    from dsee.train.loop import parameter_groups
+
+    config = _config(tmp_path / "unused", tiny_model_dir, csv_data, sparse_lr_ratio=4.0)
+    model = torch.nn.Module()
+    model.layer = torch.nn.Module()
+    model.layer.lora_A = torch.nn.Parameter(torch.zeros(3))
+    model.layer.sparse_values = torch.nn.Parameter(torch.zeros(5))
+    model.frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+    groups = parameter_groups(model, config)
+    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["lr"] == pytest.approx(4 * config.lr)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
+    model.layer.lora_A.grad = torch.tensor([1.0, -2.0, 0.5])
+    model.layer.sparse_values.grad = torch.tensor([3.0, -1.0, 0.25, -0.5, 2.0])
+    optimizer.step()
+    eps = 1e-8
+    for p, lr in ((model.layer.lora_A, config.lr), (model.layer.sparse_values, 4 * config.lr)):
+        g = p.grad
+        assert torch.allclose(p.detach(), -lr * g / (g.abs() + eps), rtol=1e-5, atol=0)
+    assert len(parameter_groups(model, _config(tmp_path / "u", tiny_model_dir, csv_data))) == 1  # ratio 1: one group
+    with pytest.raises(ValueError, match="sparse_lr_ratio"):
+        _config(tmp_path / "u", tiny_model_dir, csv_data, method="lora", sparse_lr_ratio=2.0)
+
+
+def test_a_run_with_its_own_sparse_rate_resumes_exactly(tmp_path, tiny_model_dir, csv_data):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(_config(full, tiny_model_dir, csv_data, eval_steps=0, sparse_lr_ratio=0.25), show_progress=False)
+    with pytest.raises(Interrupted):
+        train(_config(cut, tiny_model_dir, csv_data, eval_steps=0, sparse_lr_ratio=0.25), interrupt_after=7,
+              show_progress=False)
+    train(_config(cut, tiny_model_dir, csv_data, eval_steps=0, sparse_lr_ratio=0.25), resume=True,
+          show_progress=False)
+    (a, _), (b, _) = read_checkpoint(full), read_checkpoint(cut)
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+    baseline = tmp_path / "same-rate"
+    train(_config(baseline, tiny_model_dir, csv_data, eval_steps=0), show_progress=False)
+    other = read_checkpoint(baseline)[0]
+    moved = [k for k in a if "sparse_values" in k and not torch.equal(a[k], other[k])]
+    assert moved  # the ratio changed what S learned

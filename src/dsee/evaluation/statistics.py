@@ -85,7 +85,8 @@ class PairedComparison:
     """Summary of paired differences (system − baseline).
 
     ``ci`` is the two-sided t-interval of the mean at ``confidence``; ``t_p`` the paired t-test's p;
-    both None with fewer than 2 pairs (and ``t_p`` when every difference is equal: no spread).
+    both None with fewer than 2 pairs (and ``t_p`` when every difference is equal, up to rounding: no
+    spread).
     ``sign_flip_p`` is exact for n ≤ ``EXACT_UP_TO``; ``min_p`` the smallest p the sign-flip test can
     give with n pairs (2 / 2^n): a reader sees at once whether n could show anything.
     """
@@ -130,7 +131,7 @@ def paired(diffs: Sequence[float], *, confidence: float = 0.95) -> PairedCompari
         sd = float(d.std(ddof=1))
         half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * sd / math.sqrt(d.size)
         ci = (mean - half, mean + half)
-        if sd > 0:
+        if sd > 1e-9 * float(np.abs(d).max()):  # equal differences up to rounding have no spread to test
             t_p = float(stats.ttest_1samp(d, 0.0).pvalue)
     return PairedComparison(n=int(d.size), mean=mean, sd=sd, ci=ci, t_p=t_p, sign_flip_p=sign_flip_p(d),
                             positives=int((d > 0).sum()), negatives=int((d < 0).sum()), confidence=confidence)

@@ -175,7 +175,8 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     train_examples = data.encode(data.train, tokenizer, config)
     eval_loaders = make_eval_loaders(data, tokenizer, config, config.eval_batch_size, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]  # after sharding: this process's shards
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
     if is_sharded(model):  # Accelerate would wrap the model in DDP (module doc): the optimizer only
         optimizer = accelerator.prepare_optimizer(optimizer)
     else:
@@ -194,6 +195,22 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     if saved is not None:
         restore(s, *saved)
     return s
+
+
+def parameter_groups(model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: every trainable tensor at ``--lr``, except the sparse values S at
+    ``--sparse-lr-ratio`` × ``--lr`` when that ratio is not 1 (LoRA+ gives B its own rate the same way;
+    the linear schedule scales each group from its own starting rate)."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if config.sparse_lr_ratio == 1.0:
+        return [{"params": [p for _, p in trainable]}]
+    sparse = [p for name, p in trainable if name.rsplit(".", 1)[-1] == "sparse_values"]
+    if not sparse:
+        raise ValueError(f"--sparse-lr-ratio {config.sparse_lr_ratio:g}: this model trains no sparse values S "
+                         "(num_sparse 0 or no sparse density)")
+    sparse_ids = {id(p) for p in sparse}
+    return [{"params": [p for _, p in trainable if id(p) not in sparse_ids]},
+            {"params": sparse, "lr": config.learning_rate * config.sparse_lr_ratio}]
 
 
 def facts_before_sharding(model: nn.Module, config: RunConfig) -> dict[str, Any]:
@@ -310,7 +327,8 @@ def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None
     selection = results[data.selection_split]
     progress.last_eval_step = progress.step
     selectable = s.pruner is None or s.pruner.selectable(progress.step)  # at the target sparsity
-    improved = selectable and score_of(selection, data.main_metric) > progress.best_score
+    # --select last keeps every evaluated model in turn: the run ends with its last one, no choice on dev
+    improved = selectable and (s.config.select == "last" or score_of(selection, data.main_metric) > progress.best_score)
     if improved:
         progress.best_score = score_of(selection, data.main_metric)
         progress.best_step = progress.step

@@ -23,6 +23,7 @@ METHODS = ("dsee", "lora", "full")
 # 5e-4 left small data at the majority class after 3 epochs
 DEFAULT_LR = {"dsee": 1.5e-3, "lora": 1.5e-3, "full": 5e-5}
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+SELECTIONS = ("best", "last")
 
 BASE_DTYPES = ("fp32", "bf16")
 
@@ -71,6 +72,8 @@ class RunConfig:
     # optimisation (AdamW, linear schedule)
     lr: float | None = option(None, "learning rate (default 1.5e-3 for dsee and lora, 5e-5 for full)",
                               group=OPTIMISATION, positive=True)
+    sparse_lr_ratio: float = option(1.0, "learning rate of the sparse values S as a multiple of --lr (as LoRA+ "
+                                    "gives B its own rate); 1: the same rate", group=OPTIMISATION, positive=True)
     epochs: float = option(3.0, "passes over the training data", group=OPTIMISATION)
     batch_size: int = option(32, "examples per batch and process", group=OPTIMISATION, positive=True)
     eval_batch_size: int = option(64, "examples per evaluation batch", group=OPTIMISATION, positive=True)
@@ -82,6 +85,8 @@ class RunConfig:
                        group=OPTIMISATION)
     eval_steps: int = option(0, "evaluate and checkpoint every K optimizer steps (0: only per epoch)",
                              group=OPTIMISATION)
+    select: str = option("best", "the evaluated model a run keeps: best (by the dev metric) or last (no "
+                         "selection on the dev set)", group=OPTIMISATION, choices=SELECTIONS)
     eval_per_epoch: bool = option(True, "do not evaluate at the end of every epoch", group=OPTIMISATION,
                                   negative_flag="--no-eval-per-epoch")
     mixed_precision: str = option("auto", "auto: bf16 on a GPU that has it, none on CPU", group=OPTIMISATION,
@@ -105,6 +110,10 @@ class RunConfig:
             raise self._bad("method", f"choose one of {', '.join(METHODS)}")
         if self.mixed_precision not in PRECISIONS:
             raise self._bad("mixed_precision", f"choose one of {', '.join(PRECISIONS)}")
+        if self.select not in SELECTIONS:
+            raise self._bad("select", f"choose one of {', '.join(SELECTIONS)}")
+        if self.sparse_lr_ratio != 1.0 and self.method != "dsee":
+            raise self._bad("sparse_lr_ratio", f"--method {self.method} trains no sparse values S")
         if self.eval_steps == 0 and not self.eval_per_epoch:
             raise ValueError("no evaluation at all: set --eval-steps K or keep per-epoch evaluation")
         if self.prune is not None:
@@ -136,10 +145,13 @@ class RunConfig:
             raise self._bad("task_type", "choose classification or regression")
 
     def _check_numbers(self) -> None:
-        for name in ("lr", "epochs", "label_smoothing", "warmup_ratio", "weight_decay", "max_grad_norm"):
+        for name in ("lr", "epochs", "label_smoothing", "warmup_ratio", "weight_decay", "max_grad_norm",
+                     "sparse_lr_ratio"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
                 raise self._bad(name, "must be a finite number")
+        if self.sparse_lr_ratio <= 0:
+            raise self._bad("sparse_lr_ratio", "must be > 0")
         for name in ("batch_size", "eval_batch_size", "grad_accum", "max_length", "support_batches"):
             if getattr(self, name) < 1:
                 raise self._bad(name, "must be >= 1")
