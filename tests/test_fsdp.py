@@ -259,7 +259,7 @@ def test_sharded_decoder_with_checkpointing_and_bf16_frozen_weights(runs):
     assert ma["dev"]["validation"]["loss"] == pytest.approx(mb["dev"]["validation"]["loss"], abs=1e-3)
 
 
-def test_sharded_mixed_precision_trains_fp32_adapters(runs):
+def test_sharded_mixed_precision_trains_fp32_adapters(runs, csv_data):
     """``--mixed-precision bf16`` under FSDP: bf16 compute and all-gathers, the sharded fp32 tensors updated
     and saved (not the bf16 copies of the root unit that the last evaluation's forward pass gathered)."""
     run = runs["mixed"]
@@ -272,4 +272,13 @@ def test_sharded_mixed_precision_trains_fp32_adapters(runs):
     b_keys = [k for k in adapter if k.endswith("lora_B")]
     assert b_keys and all(adapter[k].abs().max() > 0 for k in b_keys)  # trained from B = 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["dev"]["validation"]["accuracy"] <= 1.0 and metrics["world_size"] == 2
+    assert metrics["world_size"] == 2
+    best = next(r for r in read_eval_log(run) if r["step"] == metrics["best_step"])
+    assert metrics["dev"] == best["dev"]  # the reported score is the kept model's own evaluation
+    # the saved adapter scored again in one process (bf16 autocast there, FSDP's bf16 gathers here): the
+    # same accuracy up to one dev example whose logits tie within bf16 rounding
+    from dsee.train.evaluation import evaluate_run
+
+    again = evaluate_run(run)["validation"]
+    dev_examples = len(Path(csv_data[1]).read_text().splitlines()) - 1
+    assert abs(again["accuracy"] - metrics["dev"]["validation"]["accuracy"]) <= 1 / dev_examples + 1e-12

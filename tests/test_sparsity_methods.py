@@ -65,6 +65,26 @@ def test_wanda_masks_follow_the_score_row_by_row(adapted):
         assert kept.min() >= removed.max()
 
 
+def test_wanda_compares_within_output_rows_unless_told_otherwise():
+    """The obvious call (no scope) does what Wanda does: every row, hence every matrix, at the sparsity; a
+    global ranking of Wanda scores would prune matrices with large input norms far more than others."""
+    from dsee.train.settings import PruneSettings
+
+    model = tiny_classifier("bert")
+    batches = _batches()
+    default = unstructured_masks(model, 0.5, score="wanda", batches=batches)
+    rows = unstructured_masks(model, 0.5, score="wanda", scope="row", batches=batches)
+    assert all(torch.equal(default[n], rows[n]) for n in rows)
+    for mask in default.values():
+        assert ((~mask).sum(1) == mask.shape[1] // 2).all()
+    spread = unstructured_masks(model, 0.5, score="wanda", scope="global", batches=batches)  # asked for: honoured
+    shares = [float((~m).float().mean()) for m in spread.values()]
+    assert max(shares) - min(shares) > 0.05 and not all(torch.equal(spread[n], rows[n]) for n in rows)
+    assert PruneSettings(source="run", sparsity=0.5, score="wanda").scope == "row"
+    assert PruneSettings(source="run", sparsity=0.5, score="wanda", scope="global").scope == "global"
+    assert PruneSettings(source="run", sparsity=0.5).scope == "global"  # magnitude: one ranking, as before
+
+
 def test_wanda_needs_calibration_data():
     with pytest.raises(ValueError, match="calibration data"):
         unstructured_masks(tiny_classifier("bert"), 0.5, score="wanda")
@@ -131,7 +151,7 @@ def test_gradual_pruning_reaches_its_target_and_what_is_evaluated_is_exported(so
     assert _prune(source_run, run, "--sparsity", "0.5", "--scope", "layer", "--schedule", "gradual",
                   "--prune-every", "4", "--score", "wanda", "--calibration-batches", "2") == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["pruning"]["sparsity"] >= 0.5
+    assert metrics["pruning"]["sparsity"] == pytest.approx(0.5, abs=1e-9)  # the target, not beyond it
     log = [json.loads(line) for line in (run / "eval_log.jsonl").read_text().splitlines()]
     ramp = round(0.6 * metrics["steps"])
     assert metrics["best_step"] >= ramp  # no checkpoint before the target sparsity is kept
@@ -141,7 +161,7 @@ def test_gradual_pruning_reaches_its_target_and_what_is_evaluated_is_exported(so
     assert main_export(run, tmp_path / "export") == 0
     exported = load_pretrained(tmp_path / "export")
     torch.testing.assert_close(exported(**inputs).logits, model(**inputs).logits, rtol=0, atol=1e-5)
-    assert sparsity_report(exported)["overall"] >= 0.5
+    assert sparsity_report(exported)["overall"] == pytest.approx(0.5, abs=1e-3)  # exactly the masks' zeros
 
 
 def main_export(run, out):

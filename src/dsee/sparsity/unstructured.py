@@ -40,7 +40,9 @@ SCOPES = ("global", "layer", "row")
 # fn(weight (rows, d_in) float32, delta (rows, d_in) or None without a DSEE update, statistics of the
 # piece) -> scores; ``two_groups``: adapted and other matrices are ranked apart (their scores are not
 # comparable); ``own_ratio``: the adapted group takes its own ratio (``adapted_sparsity``);
-# ``needs``: statistics from calibration data
+# ``needs``: statistics from calibration data; ``scope``: the grouping used when the caller gives none
+# (Wanda compares within each output row: ranked across matrices its scores prune some matrices far more
+# than others, because the input norms differ from layer to layer)
 SCORES = Registry("score")
 
 
@@ -66,7 +68,8 @@ def _upstream_score(weight, delta, stats):
     return _delta_score(weight, delta, stats)
 
 
-@SCORES.register("wanda", needs=("input_norms",), description="|W0 + ΔW|·‖X_j‖₂ over calibration tokens (Wanda)")
+@SCORES.register("wanda", needs=("input_norms",), scope="row",
+                 description="|W0 + ΔW|·‖X_j‖₂ over calibration tokens (Wanda; compared within output rows)")
 def _wanda_score(weight, delta, stats):
     return _merged_score(weight, delta, stats) * stats["input_norms"].to(weight.device).float().unsqueeze(0)
 
@@ -144,6 +147,11 @@ def parse_pattern(pattern: str | tuple[int, int] | None) -> tuple[int, int] | No
     return n, m
 
 
+def default_scope(score: str) -> str:
+    """The grouping a score is ranked in when none is asked for: its own (Wanda: ``row``) or ``global``."""
+    return SCORES.get(score).options.get("scope", "global")
+
+
 def _check_request(sparsity, score: str, scope: str, adapted_sparsity, pattern) -> None:
     entry = SCORES.get(score)
     if scope not in SCOPES:
@@ -183,7 +191,7 @@ def unstructured_masks(
     sparsity: float | None = None,
     *,
     score: str = "weight",
-    scope: str = "global",
+    scope: str | None = None,
     adapted_sparsity: float | None = None,
     pattern: str | tuple[int, int] | None = None,
     batches: Iterable[dict] | None = None,
@@ -195,8 +203,12 @@ def unstructured_masks(
 
     ``adapted_sparsity`` (only with ``score="upstream"``) is the ratio for the matrices with a DSEE
     update; by default the same as ``sparsity``. ``batches`` feed a calibration score (wanda).
+    ``scope``: ``global`` (one ranking over all matrices), ``layer`` (each matrix alone) or ``row`` (each
+    output row alone); None takes the score's own (:func:`default_scope`: ``row`` for wanda, as Wanda
+    compares; ``global`` otherwise).
     """
     pattern = parse_pattern(pattern)
+    scope = default_scope(score) if scope is None else scope
     _check_request(sparsity, score, scope, adapted_sparsity, pattern)
     pieces = prunable_pieces(model)
     entry = SCORES.get(score)

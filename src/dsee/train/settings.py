@@ -16,7 +16,7 @@ from typing import Any
 from ..adapters.config import DSEEConfig, dataclass_from_dict
 from ..options import option
 from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES
-from ..sparsity.unstructured import SCOPES, SCORES, parse_pattern
+from ..sparsity.unstructured import SCOPES, SCORES, default_scope, parse_pattern
 
 METHODS = ("dsee", "lora", "full")
 # adapters: the rate the GLUE search chose on 4 of 5 tasks (all-MiniLM-L6-v2, r = 16, α = 32, batch 32);
@@ -220,8 +220,9 @@ class PruneSettings:
     source: str = option(help="the trained run directory", flag="run")
     sparsity: float | None = option(None, "fraction of zeros in the blocks' linear weights, in [0, 1)",
                                     group=UNSTRUCTURED)
-    scope: str = option("global", "rank all matrices together (global), each alone (layer) or each output row "
-                        "alone (row, Wanda's grouping)", group=UNSTRUCTURED, choices=SCOPES)
+    scope: str | None = option(None, "rank all matrices together (global), each alone (layer) or each output row "
+                               "alone (row); default: row for --score wanda (Wanda's grouping), global otherwise",
+                               group=UNSTRUCTURED, choices=SCOPES)
     score: str = option("weight", "what ranks the weights", group=UNSTRUCTURED, choices=SCORES.names)
     adapted_sparsity: float | None = option(None, "upstream: the ratio for query/value (ranked by |ΔW|); "
                                             "default --sparsity", group=UNSTRUCTURED)
@@ -258,6 +259,8 @@ class PruneSettings:
                              "(structured)")
         if self.score not in SCORES:
             raise ValueError(f"--score {self.score}: choose one of {', '.join(SCORES)}")
+        if self.scope is None:  # recorded resolved, so a resumed or reported run says what it did
+            self.scope = default_scope(self.score)
         if self.scope not in SCOPES:
             raise ValueError(f"--scope {self.scope}: choose one of {', '.join(SCOPES)}")
         if self.adapted_sparsity is not None and not SCORES.get(self.score).options.get("own_ratio"):
