@@ -184,6 +184,17 @@ def against_control(entries: list[dict], variant: str, task: str) -> list[float]
             if e["key"]["variant"] == variant and e["key"]["task"] == task and source_of(e) in control]
 
 
+def average_against_control(entries: list[dict], tasks: list[str], variant: str) -> dict[int, float]:
+    """{seed: mean over the tasks of (variant − re-tune-only control) ×100}, for the seeds with both on every task."""
+    control = {source_of(e): e for e in entries if e["key"]["variant"] == CONTROL}
+    by_seed: dict[int, dict[str, float]] = {}
+    for e in entries:
+        if e["key"]["variant"] == variant and source_of(e) in control:
+            by_seed.setdefault(e["key"]["seed"], {})[e["key"]["task"]] = 100 * (
+                e["metrics"]["score"] - control[source_of(e)]["metrics"]["score"])
+    return {seed: statistics.mean(d[t] for t in tasks) for seed, d in by_seed.items() if all(t in d for t in tasks)}
+
+
 def against_source(entries: list[dict], variant: str, task: str) -> list[float]:
     return [delta(e) for e in entries if e["key"]["variant"] == variant and e["key"]["task"] == task]
 
@@ -240,8 +251,7 @@ def table(entries: list[dict], tasks: list[str], variants: list[str]) -> str:
         if not any(e["key"]["variant"] == v for e in entries):
             continue
         by_seed = average_deltas(entries, tasks, v)
-        vs_control = [statistics.mean(d) for d in zip(*(against_control(entries, v, t) for t in tasks))] \
-            if all(against_control(entries, v, t) for t in tasks) else []
+        vs_control = list(average_against_control(entries, tasks, v).values())
         bar = next((limit for prefix, limit in BARS.items() if v.startswith(prefix)), None)
         verdict = ""
         if bar is not None and by_seed:

@@ -334,7 +334,7 @@ def measured(args: argparse.Namespace) -> str:
     prune, ptasks, variants, pentries = prune_entries(args)
     for v, bar in (("unstructured50 weight", 1.0), ("unstructured50 wanda", 1.0), ("2:4 wanda", 2.0)):
         by_seed = prune.average_deltas(pentries, ptasks, v)
-        control = [statistics.mean(d) for d in zip(*(prune.against_control(pentries, v, t) for t in ptasks))]
+        control = list(prune.average_against_control(pentries, ptasks, v).values())
         if not by_seed:
             continue
         text = f"{statistics.mean(by_seed.values()):+.2f} vs source ({len(by_seed)} seeds)"
