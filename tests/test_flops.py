@@ -126,7 +126,7 @@ def adapted(model: nn.Module) -> list[tuple[int, int, int, int]]:
             for m in model.modules() if isinstance(m, DSEELinear) for _, d, _ in m.deltas()]
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["bert", "mpnet", "gpt2", "llama"])
 def test_adapter_term_and_merge(arch: str) -> None:
     model = build(arch)
     base = forward_flops(model, L, B)
