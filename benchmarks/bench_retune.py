@@ -94,7 +94,8 @@ def source_run(args, scratch: Path) -> Path:
     from dsee.train.loop import train
 
     path = scratch / "source"
-    train(RunConfig(out=str(path), task=args.task, data_dir=args.data_dir, max_train_samples=2 * args.batch_size,
+    train(RunConfig(out=str(path), task=args.task, data_dir=args.data_dir,
+                    max_train_samples=max(args.batches, args.recipe_steps) * args.batch_size,
                     max_eval_samples=args.batch_size, max_length=args.max_length, batch_size=args.batch_size,
                     epochs=1), show_progress=False)
     return path

@@ -250,6 +250,13 @@ def test_shares_for_a_flops_target_hit_it_on_the_pruned_model(arch: str, target:
         assert shares.heads_removed % 2 == 0  # 2 key/value groups, the same number from each
 
 
+def test_total_flops_counts_an_architecture_on_the_meta_device() -> None:
+    model = build("mpnet")
+    with torch.device("meta"):
+        skeleton = type(model)(model.config)
+    assert dsee.sparsity.flops.total_flops(skeleton, L, B) == forward_flops(model, L, B).total
+
+
 def test_shares_for_flops_read_the_architecture_only() -> None:
     with pytest.raises(ValueError, match="must be in"):
         shares_for_flops(build("bert"), 0.0)

@@ -4,7 +4,8 @@ DSEE's structured sparsity removes heads and FFN neurons so that the final model
 run ("25% fewer inference FLOPs", §5). This module counts what a forward pass of a batch of
 ``batch_size`` sequences of ``seq_len`` tokens (T = batch_size · seq_len rows) costs, reading the
 *current* module shapes through ``layout.blocks`` (never the config: heads and neurons may have
-been removed per layer).
+been removed per layer). ``shares_for_flops`` runs the other way: the heads and FFN-neuron shares
+to remove from every layer for a FLOPs target.
 
 Convention: FLOPs = 2 × multiply-accumulates (MACs), as ``torch.utils.flop_counter`` counts. The
 paper's §5 table is in MACs; shares are the same either way (BERT-base, L = 128, per layer:
@@ -40,6 +41,7 @@ from torch import nn
 
 from ..adapters.layer import LINEAR_TYPES, DSEELinear, linear_shape
 from ..arch import blocks
+from .structure import remove_heads_, remove_neurons_
 
 PARTS = ("qkv", "attn_out", "scores", "rel_pos", "ffn", "adapter")
 
@@ -120,6 +122,12 @@ def _relative_span(attention: nn.Module) -> int:
 def forward_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> FlopReport:
     """FLOPs of one forward pass of ``batch_size`` sequences of ``seq_len`` tokens (module doc)."""
     return FlopReport(*_count_flops(model, seq_len, batch_size), parameter_counts(model))
+
+
+def total_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> int:
+    """``forward_flops(...).total`` from the shapes alone: no parameter counts, so a model on the meta
+    device (an architecture without weights) can be counted."""
+    return _count_flops(model, seq_len, batch_size)[2]
 
 
 def _count_flops(model: nn.Module, seq_len: int, batch_size: int) -> tuple[list[dict[str, int]], int, int]:
@@ -211,8 +219,6 @@ def _skeleton(model: nn.Module) -> nn.Module:
 
 def _flops_removing(model: nn.Module, heads: int, neurons: int, seq_len: int) -> int:
     """Forward FLOPs of ``model``'s architecture with ``heads`` and ``neurons`` removed from every layer."""
-    from .structure import remove_heads_, remove_neurons_
-
     skeleton = _skeleton(model)
     layers = range(len(blocks(skeleton)))
     for block in blocks(skeleton):  # grouped-query attention: the same number from every key/value group
@@ -223,7 +229,7 @@ def _flops_removing(model: nn.Module, heads: int, neurons: int, seq_len: int) ->
             chosen = list(range(heads))
         remove_heads_(skeleton, {block.index: chosen})
     remove_neurons_(skeleton, {layer: list(range(neurons)) for layer in layers})
-    return _count_flops(skeleton, seq_len, 1)[2]
+    return total_flops(skeleton, seq_len)
 
 
 def shares_for_flops(model: nn.Module, target: float, seq_len: int = 128) -> StructureShares:
