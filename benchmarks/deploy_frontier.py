@@ -101,6 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="only measure latency (interleaved; run it alone on a quiet machine), train nothing")
     p.add_argument("--latency-rounds", type=int, default=7)
     p.add_argument("--gflops-per-s", type=float, default=GFLOPS_PER_S, help="calibrates the time estimate")
+    p.add_argument("--estimate", action="store_true", help="print the plan's time estimate and stop")
     p.add_argument("--runs-file", default=str(RUNS_PATH))
     p.add_argument("--report-only", action="store_true", help="aggregate the finished runs, train nothing")
     p.add_argument("--no-record", action="store_true", help="do not append the summary to results.jsonl")
@@ -600,7 +601,7 @@ def cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {spread:.2f} ({len(values)})"
 
 
-def rows_of(args, task: str) -> list[Run]:
+def configurations(args, task: str) -> list[Run]:
     """The task's configurations in table order, as run patterns (the seed is replaced by ``seeds_of``)."""
     lr = {f: args.__dict__.get("_lrs", {}).get((f, task)) for f in ("minilm", "mpnet")}
     rows = []
@@ -621,6 +622,21 @@ def seeds_of(args, pattern: Run) -> dict[int, dict]:
         if e is not None:
             out[seed] = e
     return out
+
+
+def table_rows(args, task: str) -> list[tuple[Run, dict[int, dict], float | None]]:
+    """(configuration, its finished evaluation seeds' entries, its FLOPs over fine-tuned MiniLM's) for every
+    configuration of ``task`` with results, in table order."""
+    rows, minilm_flops = [], None
+    for run in configurations(args, task):
+        found = seeds_of(args, run)
+        if not found:
+            continue
+        first = next(iter(found.values()))
+        if run.family == "minilm" and run.kind == "source":
+            minilm_flops = first["flops"]
+        rows.append((run, found, first["flops"] / minilm_flops if minilm_flops else None))
+    return rows
 
 
 def diffs(args, a: Run, b: Run, measure=score) -> list[float]:
@@ -660,18 +676,12 @@ def report(args) -> str:
                                 f"({latency['key']['rounds']} rounds, {latency['key']['threads']} threads, cpu share "
                                 f"{latency['cpu_share']})" if latency else "not measured yet (--measure-latency)") + ".\n"]
     for task in args.task_list:
-        minilm_flops = None
         lines += [f"\n**{TASK_LABEL[task]}** (dev ×100, mean ± std (seeds))\n",
                   "| model | FLOPs × MiniLM | heads / FFN per layer | PyTorch fp32 | ONNX fp32 | ONNX int8 | "
                   "latency 1×128 | latency 32×128 | int8 32×128 |", "|---|---|---|---|---|---|---|---|---|"]
-        for run in rows_of(args, task):
-            found = seeds_of(args, run)
-            if not found:
-                continue
+        for run, found, flops_ratio in table_rows(args, task):
             first = next(iter(found.values()))
-            if run.family == "minilm" and run.kind == "source":
-                minilm_flops = first["flops"]
-            flops = f"{first['flops'] / minilm_flops:.3f}" if minilm_flops else "–"
+            flops = "–" if flops_ratio is None else f"{flops_ratio:.3f}"
             shape = "–" if not first["heads_per_layer"] else f"{first['heads_per_layer'][0]} / {first['ffn_per_layer'][0]}"
             exports = [cell([s for s in (export_score(args, e, f) for e in found.values()) if s is not None])
                        for f in FORMATS]
@@ -738,17 +748,9 @@ def plot(args, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(args.task_list), figsize=(4.6 * len(args.task_list), 4), squeeze=False)
     drawn = False
     for ax, task in zip(axes[0], args.task_list):
-        minilm_flops = None
         series: dict[str, list[tuple[float, float, float]]] = {}
-        for run in rows_of(args, task):
-            found = seeds_of(args, run)
-            if not found:
-                continue
-            first = next(iter(found.values()))
-            if run.family == "minilm" and run.kind == "source":
-                minilm_flops = first["flops"]
-            x = latency_of(latency, run, "torch fp32", "32x128") if latency else (
-                first["flops"] / minilm_flops if minilm_flops else None)
+        for run, found, flops_ratio in table_rows(args, task):
+            x = latency_of(latency, run, "torch fp32", "32x128") if latency else flops_ratio
             if x is None:
                 continue
             values = [score(e) for e in found.values()]
@@ -797,6 +799,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if not args.report_only:
         print_estimate(args, planned(args))
+        if args.estimate:
+            return 0
     args._lrs = {}
     for family in ["minilm"] + ([] if args.no_mpnet else ["mpnet"]):
         for task in args.task_list:

