@@ -210,9 +210,6 @@ UNSTRUCTURED = "unstructured (masks on the blocks' linear weights)"
 STRUCTURED = "structured (attention heads and FFN neurons, removed physically)"
 DISTILLATION = "distillation (the unpruned source run teaches the re-tuned model)"
 SCHEDULES = ("oneshot", "gradual")
-# the distillation options that only apply with --distill, and their defaults (train/distill.py)
-DISTILL_OPTIONS = {"distill_weight": 0.5, "distill_temperature": 2.0, "distill_hidden": False,
-                   "distill_hidden_weight": 1.0}
 
 
 @dataclass
@@ -296,8 +293,10 @@ class PruneSettings:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
 
     def _check_distillation(self) -> None:
+        # the options that only apply with --distill (all named distill_*), at their defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("distill_")}
         if not self.distill:
-            changed = [f"--{name.replace('_', '-')}" for name, default in DISTILL_OPTIONS.items()
+            changed = [f"--{name.replace('_', '-')}" for name, default in defaults.items()
                        if getattr(self, name) != default]
             if changed:
                 raise ValueError(f"{', '.join(changed)} only apply with --distill")
@@ -308,7 +307,7 @@ class PruneSettings:
             raise ValueError(f"--distill-temperature {self.distill_temperature}: must be > 0")
         if not (math.isfinite(self.distill_hidden_weight) and self.distill_hidden_weight >= 0):
             raise ValueError(f"--distill-hidden-weight {self.distill_hidden_weight}: must be >= 0")
-        if self.distill_hidden_weight != DISTILL_OPTIONS["distill_hidden_weight"] and not self.distill_hidden:
+        if self.distill_hidden_weight != defaults["distill_hidden_weight"] and not self.distill_hidden:
             raise ValueError("--distill-hidden-weight only applies with --distill-hidden")
 
     def _check_pattern_and_schedule(self) -> None:
