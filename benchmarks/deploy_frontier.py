@@ -302,6 +302,7 @@ def run_one(args, run: Run) -> dict | None:
 # --- deployment hooks: export, score the export --------------------------------------------------
 
 FORMATS = {"onnx-fp32": [], "onnx-int8": ["--quantize", "int8"]}
+BACKENDS = ("torch fp32", *FORMATS)  # how latency is measured: PyTorch eager on the merged model, and each export
 
 
 def dsee_cli(*argv: str, timeout: float = 3600) -> subprocess.CompletedProcess:
@@ -322,6 +323,12 @@ def note(args, text: str) -> None:
     if text not in notes:
         notes.append(text)
         print(f"note: {text}", flush=True)
+
+
+def run_of(key: dict) -> Run:
+    """The ``Run`` a settings key describes."""
+    return Run(key["family"], key["task"], key["seed"], key["lr"], key["kind"], key.get("flops_target"),
+               key.get("distill", False))
 
 
 def export_dir(args, run_path: str | Path, fmt: str) -> Path:
@@ -477,6 +484,9 @@ def print_estimate(args, runs: list[Run]) -> None:
     by_family: dict[str, float] = {}
     for r in todo:
         by_family[r.family] = by_family.get(r.family, 0.0) + estimate_seconds(args, r, lengths)
+    if not todo:
+        print(f"all {len(runs)} runs are finished", flush=True)
+        return
     total = sum(by_family.values())
     parts = ", ".join(f"{MODEL_LABEL[f]} {s / 3600:.1f} h" for f, s in by_family.items())
     print(f"{len(todo)} of {len(runs)} runs to train: about {total / 3600:.1f} hours ({parts}) at "
@@ -499,6 +509,8 @@ def latency_models(args) -> dict[str, dict[str, object]]:
         k = e["key"]
         if "deploy" in k or k.get("kind") not in ("source", "pruned") or k["seed"] == args.selection_seed:
             continue
+        if k["family"] not in args.targets or settings_key(args, run_of(k)) != k:
+            continue  # a family left out (--no-mpnet), or a run of another protocol
         share = 1.0 if k["kind"] == "source" else k["flops_target"]
         chosen.setdefault((k["family"], share), e)  # the architecture is what matters, not the seed or task
     scratch = Path(tempfile.mkdtemp(prefix="frontier-latency-"))
@@ -674,23 +686,25 @@ def report(args) -> str:
              f"{args.train_samples} training examples, max length {args.max_length}; epochs: MiniLM {args.epochs:g}, "
              f"mpnet {args.mpnet_epochs:g}, re-tuning {args.retune_epochs:g}. Learning rates: "
              + ", ".join(f"{MODEL_LABEL[f]} {TASK_LABEL[t]} {lr:g}" for (f, t), lr in args.__dict__.get("_lrs", {}).items())
-             + ". Latency: " + ("× the unpruned fp32 PyTorch MiniLM, interleaved "
+             + ". Latency (PyTorch fp32 / ONNX Runtime fp32 / ONNX Runtime int8): " + (
+                 "× the unpruned fp32 PyTorch MiniLM, interleaved "
                                 f"({latency['key']['rounds']} rounds, {latency['key']['threads']} threads, cpu share "
                                 f"{latency['cpu_share']})" if latency else "not measured yet (--measure-latency)") + ".\n"]
     for task in args.task_list:
         lines += [f"\n**{TASK_LABEL[task]}** (dev ×100, mean ± std (seeds))\n",
                   "| model | FLOPs × MiniLM | heads / FFN per layer | PyTorch fp32 | ONNX fp32 | ONNX int8 | "
-                  "latency 1×128 | latency 32×128 | int8 32×128 |", "|---|---|---|---|---|---|---|---|---|"]
+                  "latency 1×128 | latency 32×128 |", "|---|---|---|---|---|---|---|---|"]
         for run, found, flops_ratio in table_rows(args, task):
             first = next(iter(found.values()))
             flops = "–" if flops_ratio is None else f"{flops_ratio:.3f}"
             shape = "–" if not first["heads_per_layer"] else f"{first['heads_per_layer'][0]} / {first['ffn_per_layer'][0]}"
             exports = [cell([s for s in (export_score(args, e, f) for e in found.values()) if s is not None])
                        for f in FORMATS]
-            lat = [latency_of(latency, run, "torch fp32", "1x128"), latency_of(latency, run, "torch fp32", "32x128"),
-                   latency_of(latency, run, "onnx-int8", "32x128")]
+            lat = [" / ".join("–" if x is None else f"{x:.3f}" for x in
+                              (latency_of(latency, run, backend, shape) for backend in BACKENDS))
+                   for shape in ("1x128", "32x128")]
             lines.append(f"| {run.label} | {flops} | {shape} | {cell([score(e) for e in found.values()])} | "
-                         + " | ".join(exports) + " | " + " | ".join("–" if x is None else f"{x:.3f}" for x in lat) + " |")
+                         + " | ".join(exports + lat) + " |")
         comparisons += task_comparisons(args, task)
     adjusted = holm([c[2].flip_p for c in comparisons])
     lines += ["\nPaired differences by seed (×100): mean [95% t-interval] (pairs; paired t p, exact sign-flip p, "
@@ -740,7 +754,8 @@ def task_comparisons(args, task: str) -> list[tuple[str, str, Paired]]:
 
 
 def plot(args, path: Path) -> bool:
-    """Per task: dev score against latency (32×128, × unpruned fp32 MiniLM) when measured, else FLOPs."""
+    """Per task: dev score against latency (32×128, × unpruned fp32 PyTorch MiniLM) when measured, else
+    FLOPs; with latency and export scores, the int8 ONNX models too (hollow markers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -755,17 +770,22 @@ def plot(args, path: Path) -> bool:
             x = latency_of(latency, run, "torch fp32", "32x128") if latency else flops_ratio
             if x is None:
                 continue
-            values = [score(e) for e in found.values()]
             name = run.label if run.kind != "pruned" else (
                 f"{MODEL_LABEL[run.family]} pruned" + (" + distill" if run.distill else ""))
-            series.setdefault(name, []).append((x, statistics.mean(values),
-                                                statistics.stdev(values) if len(values) > 1 else 0.0))
+            int8_x = latency_of(latency, run, "onnx-int8", "32x128")
+            int8 = [v for v in (export_score(args, e, "onnx-int8") for e in found.values()) if v is not None]
+            for label, at, values in ((name, x, [score(e) for e in found.values()]),
+                                      (f"{name}, int8 ONNX", int8_x, int8)):
+                if at is not None and values:
+                    series.setdefault(label, []).append((at, statistics.mean(values),
+                                                         statistics.stdev(values) if len(values) > 1 else 0.0))
         for name, points in series.items():
             points.sort()
             style = "o-" if "pruned" in name else "s"
             ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], fmt=style,
-                        capsize=3, label=name)
+                        capsize=3, label=name, mfc="none" if "int8" in name else None)
             drawn = True
+        ax.set_xscale("log")  # from a quarter of MiniLM to several times it
         ax.set_xlabel("latency 32×128, × unpruned fp32 MiniLM" if latency else "FLOPs, × unpruned MiniLM")
         ax.set_ylabel("dev score ×100")
         ax.set_title(TASK_LABEL[task])
