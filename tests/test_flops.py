@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dsee
 from dsee import DSEEConfig, add_dsee
-from dsee.sparsity.flops import PARTS, flops_ratio, forward_flops, parameter_counts
+from dsee.sparsity.flops import PARTS, flops_ratio, forward_flops, parameter_counts, shares_for_flops
 from dsee.adapters.layer import DSEELinear, linear_shape
 from dsee.arch import blocks
 from dsee.sparsity.structure import remove_heads_, remove_neurons_
@@ -126,7 +126,7 @@ def adapted(model: nn.Module) -> list[tuple[int, int, int, int]]:
             for m in model.modules() if isinstance(m, DSEELinear) for _, d, _ in m.deltas()]
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["bert", "mpnet", "gpt2", "llama"])
 def test_adapter_term_and_merge(arch: str) -> None:
     model = build(arch)
     base = forward_flops(model, L, B)
@@ -219,3 +219,47 @@ def test_linear_shape_of_block_modules_is_what_is_counted() -> None:
     assert linear_shape(c_attn) == (144, 48)
     remove_heads_(model, {0: [0]})
     assert forward_flops(model, L, B).blocks[0]["qkv"] == 2 * T_ROWS * 108 * 48
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet", "llama"])
+@pytest.mark.parametrize("target", [0.75, 0.5, 0.35, 0.25])
+def test_shares_for_a_flops_target_hit_it_on_the_pruned_model(arch: str, target: float) -> None:
+    """The shares, removed per layer by the recipe's own plan, give the FLOPs share promised, within half a
+    neuron per layer of the target unless a bound is reached; heads go whole (Llama: one per key/value
+    group at a time, and each group keeps one)."""
+    from dsee.sparsity.importance import magnitude_neuron_scores, removal_plan
+
+    model = build(arch)
+    shares = shares_for_flops(model, target, seq_len=L)
+    head_scores = [torch.arange(b.num_heads, dtype=torch.float) for b in blocks(model)]
+    groups = [b.group_size for b in blocks(model)]
+    remove_heads_(model, removal_plan(head_scores, shares.heads, group_sizes=groups))
+    remove_neurons_(model, removal_plan(magnitude_neuron_scores(model), shares.ffn, what="FFN neurons"))
+    reference = forward_flops(build(arch), L).total
+    assert forward_flops(model, L).total / reference == pytest.approx(shares.flops_share, rel=1e-12)
+    assert all(4 - b.num_heads == shares.heads_removed and 64 - b.ffn_size == shares.neurons_removed
+               for b in blocks(model))
+    fewer = build(arch)
+    remove_neurons_(fewer, {i: [0] for i in range(2)})
+    one_neuron = 1 - forward_flops(fewer, L).total / reference  # one neuron of every layer
+    if shares.neurons_removed in (0, 63):  # a bound: the closest the architecture gets
+        assert arch == "llama" and target <= 0.35 and shares.flops_share > target
+    else:
+        assert abs(shares.flops_share - target) <= one_neuron / 2 + 1e-12
+    if arch == "llama":
+        assert shares.heads_removed % 2 == 0  # 2 key/value groups, the same number from each
+
+
+def test_total_flops_counts_an_architecture_on_the_meta_device() -> None:
+    model = build("mpnet")
+    with torch.device("meta"):
+        skeleton = type(model)(model.config)
+    assert dsee.sparsity.flops.total_flops(skeleton, L, B) == forward_flops(model, L, B).total
+
+
+def test_shares_for_flops_read_the_architecture_only() -> None:
+    with pytest.raises(ValueError, match="must be in"):
+        shares_for_flops(build("bert"), 0.0)
+    pruned = build("bert")
+    remove_neurons_(pruned, {0: [0, 1]})
+    assert shares_for_flops(pruned, 0.5, seq_len=L) == shares_for_flops(build("bert"), 0.5, seq_len=L)

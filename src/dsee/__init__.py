@@ -20,7 +20,7 @@ from .deploy.onnx_export import export_onnx
 from .deploy.runtime import OnnxRuntimeModel
 from .sparsity.export import load_pretrained, save_pretrained
 from .sparsity.stock import stock_config
-from .sparsity.flops import forward_flops, parameter_counts
+from .sparsity.flops import forward_flops, parameter_counts, shares_for_flops
 from .adapters.inject import DSEEState, ParameterCount, add_dsee, count_parameters, merge_dsee, remove_dsee
 from .adapters.io import load_adapter, save_adapter
 from .adapters.layer import DSEELinear, SparseLowRankDelta
@@ -43,6 +43,7 @@ __all__ = [
     "count_parameters",
     "export_onnx",
     "forward_flops",
+    "shares_for_flops",
     "load_adapter",
     "load_pretrained",
     "lower_frozen_precision_",

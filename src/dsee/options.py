@@ -89,7 +89,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
         default = None if f.default is _MISSING else f.default
-        help_text = meta["help"] + (f" (default {default})" if default not in (None, False, True) else "")
+        shown = default is not None and not isinstance(default, bool)  # (1 == True: a test by value hides 1 and 1.0)
+        help_text = meta["help"] + (f" (default {default})" if shown else "")
         if kind is bool:
             if meta["negative_flag"]:  # default True: the negative switch, and the positive one as a no-op
                 target.add_argument(meta["negative_flag"], dest=f.name, action="store_false", help=meta["help"])

@@ -4,7 +4,8 @@ DSEE's structured sparsity removes heads and FFN neurons so that the final model
 run ("25% fewer inference FLOPs", §5). This module counts what a forward pass of a batch of
 ``batch_size`` sequences of ``seq_len`` tokens (T = batch_size · seq_len rows) costs, reading the
 *current* module shapes through ``layout.blocks`` (never the config: heads and neurons may have
-been removed per layer).
+been removed per layer). ``shares_for_flops`` runs the other way: the heads and FFN-neuron shares
+to remove from every layer for a FLOPs target.
 
 Convention: FLOPs = 2 × multiply-accumulates (MACs), as ``torch.utils.flop_counter`` counts. The
 paper's §5 table is in MACs; shares are the same either way (BERT-base, L = 128, per layer:
@@ -31,6 +32,7 @@ outside linear modules (e.g. DeBERTa's MLM decoder multiplying by the embedding 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ from torch import nn
 
 from ..adapters.layer import LINEAR_TYPES, DSEELinear, linear_shape
 from ..arch import blocks
+from .structure import remove_heads_, remove_neurons_
 
 PARTS = ("qkv", "attn_out", "scores", "rel_pos", "ffn", "adapter")
 
@@ -118,6 +121,17 @@ def _relative_span(attention: nn.Module) -> int:
 
 def forward_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> FlopReport:
     """FLOPs of one forward pass of ``batch_size`` sequences of ``seq_len`` tokens (module doc)."""
+    return FlopReport(*_count_flops(model, seq_len, batch_size), parameter_counts(model))
+
+
+def total_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> int:
+    """``forward_flops(...).total`` from the shapes alone: no parameter counts, so a model on the meta
+    device (an architecture without weights) can be counted."""
+    return _count_flops(model, seq_len, batch_size)[2]
+
+
+def _count_flops(model: nn.Module, seq_len: int, batch_size: int) -> tuple[list[dict[str, int]], int, int]:
+    """(per-block FLOPs, ``other``, total): what ``forward_flops`` reports, read from the shapes alone."""
     tokens = batch_size * seq_len
     counted: set[int] = set()
     reports: list[dict[str, int]] = []
@@ -154,8 +168,7 @@ def forward_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> FlopRe
     for _, module in _linears(model):
         if id(module) not in counted:
             other += 2 * (tokens * _macs_per_row(module) + _adapter_macs(module, tokens))
-    total = sum(b["total"] for b in reports) + other
-    return FlopReport(reports, other, total, parameter_counts(model))
+    return reports, other, sum(b["total"] for b in reports) + other
 
 
 @torch.no_grad()
@@ -180,3 +193,73 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 def flops_ratio(pruned: nn.Module, reference: nn.Module, seq_len: int, batch_size: int = 1) -> float:
     """forward_flops(pruned).total / forward_flops(reference).total (e.g. 0.75 for "25% fewer FLOPs")."""
     return forward_flops(pruned, seq_len, batch_size).total / forward_flops(reference, seq_len, batch_size).total
+
+
+@dataclass(frozen=True)
+class StructureShares:
+    """How much structured pruning reaches a FLOPs target (``shares_for_flops``).
+
+    ``heads`` / ``ffn``: the shares of every layer's heads and FFN neurons to remove (``dsee prune
+    --heads --ffn``, per layer); ``heads_removed`` / ``neurons_removed``: the counts per layer they
+    give; ``flops_share``: forward FLOPs of the pruned model over the unpruned one's, achieved.
+    """
+
+    heads: float
+    ffn: float
+    heads_removed: int
+    neurons_removed: int
+    flops_share: float
+
+
+def _skeleton(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s architecture (from its config) on the meta device: shapes only, no memory."""
+    with torch.device("meta"):
+        return type(model)(copy.deepcopy(model.config))
+
+
+def _flops_removing(model: nn.Module, heads: int, neurons: int, seq_len: int) -> int:
+    """Forward FLOPs of ``model``'s architecture with ``heads`` and ``neurons`` removed from every layer."""
+    skeleton = _skeleton(model)
+    layers = range(len(blocks(skeleton)))
+    for block in blocks(skeleton):  # grouped-query attention: the same number from every key/value group
+        per_group = heads // block.num_kv_heads if block.group_size > 1 else None
+        if per_group is not None:
+            chosen = [g * block.group_size + i for g in range(block.num_kv_heads) for i in range(per_group)]
+        else:
+            chosen = list(range(heads))
+        remove_heads_(skeleton, {block.index: chosen})
+    remove_neurons_(skeleton, {layer: list(range(neurons)) for layer in layers})
+    return total_flops(skeleton, seq_len)
+
+
+def shares_for_flops(model: nn.Module, target: float, seq_len: int = 128) -> StructureShares:
+    """The heads and FFN-neuron shares whose removal from every layer leaves ``target`` of the forward
+    FLOPs of ``model``'s architecture at ``seq_len`` tokens. Only the model's class and config are read:
+    the unpruned architecture is rebuilt on the meta device (no memory) and counted there, without
+    adapters, since the shares are for the exported, merged model.
+
+    The rule: the same share of heads and of neurons (as 25% + 25% and 50% + 50% are), the heads
+    rounded to whole heads per layer (whole key/value groups' worth with grouped-query attention),
+    then the neuron share solved for the target given those heads, rounded to whole neurons. FLOPs
+    are linear in the heads and neurons kept (every part of ``forward_flops`` is), so the solution is
+    exact up to that rounding: within half a neuron per layer of the target unless a bound is hit
+    (at least one head and one neuron stay). Layers must have equal head and FFN sizes.
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"FLOPs target {target}: must be in (0, 1]")
+    layout = blocks(_skeleton(model))
+    sizes = {(b.num_heads, b.num_kv_heads, b.ffn_size) for b in layout}
+    if len(sizes) != 1:
+        raise ValueError(f"the layers differ in heads or FFN size ({sorted(sizes)}): shares for a FLOPs target "
+                         "need equal layers")
+    ((num_heads, kv_heads, ffn), ) = sizes
+    step = kv_heads if num_heads // kv_heads > 1 else 1  # heads removed in whole steps (GQA: one per group)
+    full = _flops_removing(model, 0, 0, seq_len)
+    per_head = (full - _flops_removing(model, step, 0, seq_len)) / step  # FLOPs of one head in every layer
+    per_neuron = full - _flops_removing(model, 0, 1, seq_len)  # of one neuron in every layer
+    goal = target * full
+    equal = (full - goal) / (per_head * num_heads + per_neuron * ffn)  # the same share of both
+    heads = min(max(round(equal * num_heads / step) * step, 0), num_heads - step)
+    neurons = min(max(round((full - heads * per_head - goal) / per_neuron), 0), ffn - 1)
+    achieved = _flops_removing(model, heads, neurons, seq_len) / full
+    return StructureShares(heads / num_heads, neurons / ffn, heads, neurons, achieved)

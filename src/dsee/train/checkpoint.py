@@ -50,6 +50,7 @@ class Progress:
     last_eval_step: int = -1
     train_seconds: float = 0.0
     examples_seen: int = 0
+    teacher_seconds: float = 0.0  # of train_seconds, in the teacher's forward (``dsee prune --distill``)
 
 
 class CheckpointError(ValueError):

@@ -131,6 +131,7 @@ class Session:
     running_count: int = 0
     stop_requested: bool = False  # set by the first Ctrl-C
     pruner: Any = None  # a GradualPruner for ``dsee prune --schedule gradual``
+    teacher: Any = None  # a distill.Teacher for ``dsee prune --distill``
     before_sharding: dict[str, Any] = field(default_factory=dict)  # ``facts_before_sharding``
 
     @property
@@ -192,6 +193,7 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
                 count, wall_start)
     s.before_sharding = before
     s.pruner = gradual_pruner(config, data, tokenizer, total_steps)
+    s.teacher = teacher_of(config, data, tokenizer, accelerator)
     if saved is not None:
         restore(s, *saved)
     return s
@@ -256,6 +258,17 @@ def gradual_pruner(config: RunConfig, data: TaskData, tokenizer, total_steps: in
     if total_steps == 0:
         raise ValueError("--schedule gradual prunes during re-tuning: give --retune-epochs > 0")
     return GradualPruner(settings, total_steps, calibration_batches_of(settings, data, tokenizer, config))
+
+
+def teacher_of(config: RunConfig, data: TaskData, tokenizer, accelerator):
+    """The teacher of a ``--distill`` pruned run (its unpruned source, frozen), else None."""
+    if config.prune is None or not config.prune.get("distill"):
+        return None
+    from .distill import load_teacher
+    from .pruning import PruneSettings
+
+    return load_teacher(PruneSettings.from_dict(config.prune), data, tokenizer, accelerator.device,
+                        accelerator.autocast)
 
 
 def restore(s: Session, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -357,7 +370,7 @@ def optimizer_step(s: Session, batch: dict) -> float:
     """Forward, backward and (at the end of an accumulation) clip and step: the micro-batch's loss."""
     config = s.config
     with s.accelerator.accumulate(s.model):
-        loss = training_loss(s.model, batch, s.data, config)
+        loss = training_loss(s.model, batch, s.data, config, s.teacher)
         s.accelerator.backward(loss)
         if s.accelerator.sync_gradients and config.max_grad_norm:
             s.accelerator.clip_grad_norm_(s.trainable, config.max_grad_norm)
@@ -393,6 +406,8 @@ def run_epoch(s: Session, interrupt_after: int | None) -> None:
             s.pruner.after_step(s.unwrapped, progress.step)
         now = time.perf_counter()
         progress.train_seconds += now - tick
+        if s.teacher is not None:
+            progress.teacher_seconds += s.teacher.pop_seconds()
         tick = now
         s.bar.update(1)
         s.bar.set_postfix(loss=f"{s.running_loss / s.running_count:.4f}",
@@ -443,6 +458,8 @@ def finish(s: Session) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - s.wall_start, 2),
         "world_size": s.accelerator.num_processes,
     }
+    if s.teacher is not None:  # what the teacher's forward passes cost (in train_seconds)
+        metrics["teacher_seconds"] = round(progress.teacher_seconds, 2)
     if data.task_type == "generation":
         metrics["truncated_sources"] = data.truncated_sources  # train and dev rows whose source was cut
     # a sharded model's figures were read before sharding (``facts_before_sharding``)

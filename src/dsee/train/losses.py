@@ -1,4 +1,5 @@
-"""The training losses: the model's own, or next-token cross-entropy on the target tokens of a decoder."""
+"""The training losses: the model's own, or next-token cross-entropy on the target tokens of a decoder;
+with a teacher, the distilled loss (``distill.py``)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: 
                                        label_smoothing=label_smoothing, reduction=reduction)
 
 
-def training_loss(model: nn.Module, batch: dict, data, config) -> torch.Tensor:
+def training_loss(model: nn.Module, batch: dict, data, config, teacher=None) -> torch.Tensor:
     """The model's own loss, or for generation the target-token loss with label smoothing.
 
-    ``data``: the run's ``TaskData`` (its ``task_type``), ``config``: its ``RunConfig``.
+    ``data``: the run's ``TaskData`` (its ``task_type``), ``config``: its ``RunConfig``;
+    ``teacher``: a ``distill.Teacher`` whose outputs join the loss (``dsee prune --distill``).
     """
+    if teacher is not None:
+        return teacher.loss(model, batch, data.task_type)
     if data.task_type != "generation":
         return model(**batch).loss
     inputs = {k: v for k, v in batch.items() if k != "labels"}

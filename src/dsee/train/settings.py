@@ -185,6 +185,16 @@ class RunConfig:
         if self.fsdp and self.mixed_precision == "fp16":
             raise ValueError("--fsdp with --mixed-precision fp16: fp16 needs a gradient scaler, which the sharded "
                              "loop does not set up; use bf16 or no")
+        if self.prune is not None and self.prune.get("distill"):
+            if self.fsdp:
+                raise ValueError("--fsdp with --distill: the teacher would be a whole, unsharded copy of the model on "
+                                 "every process, which is what --fsdp avoids; re-tune without --fsdp (several "
+                                 "processes without it distil: each runs the teacher on its own batches)")
+            if self.epochs == 0:
+                raise ValueError("--distill teaches the re-tuning, and --retune-epochs 0 re-tunes nothing")
+            if self.is_generation:
+                raise ValueError("--distill distils the outputs of a classifier or a regressor; text generation "
+                                 "(decoder) runs are not supported")
         if self.fsdp and self.prune is not None and self.prune.get("schedule") == "gradual":
             raise ValueError("--fsdp with --schedule gradual: gradual pruning ranks the full weights every few "
                              "steps, which --fsdp keeps sharded; prune one-shot, or re-tune without --fsdp")
@@ -210,6 +220,7 @@ class RunConfig:
 
 UNSTRUCTURED = "unstructured (masks on the blocks' linear weights)"
 STRUCTURED = "structured (attention heads and FFN neurons, removed physically)"
+DISTILLATION = "distillation (the unpruned source run teaches the re-tuned model)"
 SCHEDULES = ("oneshot", "gradual")
 
 
@@ -248,15 +259,33 @@ class PruneSettings:
                            "in every layer, checked to fit a stock config: `dsee export` then writes a checkpoint "
                            "transformers loads (heads: Llama, Mistral, Qwen2/3, Gemma/Gemma2; FFN neurons: "
                            "every architecture)", group=STRUCTURED)
+    retune_only: bool = option(False, "remove nothing: re-tune the source run's model as a pruned run would be "
+                               "re-tuned (the control that shows what the extra training alone does)")
+    # knowledge distillation during re-tuning (train/distill.py; Hinton et al. 2015, CoFi: Xia et al. 2022)
+    distill: bool = option(False, "re-tune against the unpruned source run as teacher: its outputs join the loss "
+                           "(loss = (1 - w)·task loss + w·distillation loss)", group=DISTILLATION)
+    distill_weight: float = option(0.5, "w, the distillation loss's share of the loss, in [0, 1]", group=DISTILLATION)
+    distill_temperature: float = option(2.0, "T: classification distils T²·KL(softmax(teacher/T) ‖ softmax(student/T)); "
+                                        "regression the squared difference of the outputs", group=DISTILLATION,
+                                        positive=True)
+    distill_hidden: bool = option(False, "also match every layer's hidden states to the teacher's (mean squared "
+                                  "difference over the real tokens, layer i to layer i, as CoFi does)",
+                                  group=DISTILLATION)
+    distill_hidden_weight: float = option(1.0, "the weight of the hidden-state term, added to the loss",
+                                          group=DISTILLATION)
 
     def __post_init__(self) -> None:
         for name in ("sparsity", "adapted_sparsity", "heads", "ffn"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:  # NaN fails this too
                 raise ValueError(f"--{name.replace('_', '-')} {value}: must be in [0, 1)")
-        if self.sparsity is None and self.pattern is None and self.heads is None and self.ffn is None:
+        asked = [f"--{name}" for name in ("sparsity", "pattern", "heads", "ffn") if getattr(self, name) is not None]
+        if self.retune_only and asked:
+            raise ValueError(f"--retune-only removes nothing: it does not go with {', '.join(asked)}")
+        if not asked and not self.retune_only:
             raise ValueError("nothing to prune: give --sparsity or --pattern (unstructured) and/or --heads / --ffn "
-                             "(structured)")
+                             "(structured), or --retune-only (the control: re-tuning alone)")
+        self._check_distillation()
         if self.score not in SCORES:
             raise ValueError(f"--score {self.score}: choose one of {', '.join(SCORES)}")
         if self.scope is None:  # recorded resolved, so a resumed or reported run says what it did
@@ -277,6 +306,24 @@ class PruneSettings:
         for name in ("importance_batches", "calibration_batches", "prune_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+
+    def _check_distillation(self) -> None:
+        # the options that only apply with --distill (all named distill_*), at their defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name.startswith("distill_")}
+        if not self.distill:
+            changed = [f"--{name.replace('_', '-')}" for name, default in defaults.items()
+                       if getattr(self, name) != default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} only apply with --distill")
+            return
+        if not 0 <= self.distill_weight <= 1:  # NaN fails this too
+            raise ValueError(f"--distill-weight {self.distill_weight}: must be in [0, 1]")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ValueError(f"--distill-temperature {self.distill_temperature}: must be > 0")
+        if not (math.isfinite(self.distill_hidden_weight) and self.distill_hidden_weight >= 0):
+            raise ValueError(f"--distill-hidden-weight {self.distill_hidden_weight}: must be >= 0")
+        if self.distill_hidden_weight != defaults["distill_hidden_weight"] and not self.distill_hidden:
+            raise ValueError("--distill-hidden-weight only applies with --distill-hidden")
 
     def _check_pattern_and_schedule(self) -> None:
         if self.pattern is not None:
