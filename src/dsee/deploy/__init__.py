@@ -1,4 +1,5 @@
-"""Deploying a model dsee made: ONNX export (``onnx_export``) and ONNX Runtime inference (``runtime``).
+"""Deploying a model dsee made: ONNX export (``onnx_export``), fused attention (``fusion``), int8
+weights (``quantize``) and ONNX Runtime inference (``runtime``).
 
 Stock checkpoints (``transformers`` loads them, pipelines included) are written by
 ``dsee.sparsity.export.save_pretrained`` whenever a stock config describes the model
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 
+# the files of an ONNX export (``onnx_export`` writes them, ``runtime`` reads them)
+ONNX_FILE = "model.onnx"
+ONNX_MANIFEST = "dsee_onnx.json"
 EXTRA_HINT = 'pip install "dsee[onnx]" (onnx, onnxscript, onnxruntime)'
 
 
