@@ -115,10 +115,9 @@ def format_train_summary(metrics: dict) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Re-compute the dev metrics of a saved run from its kept checkpoint (generation: decode and score),
     or score an exported directory (PyTorch or ONNX, fp32 or int8) on its run's data."""
-    from .train.export_eval import is_export
     from .train.run import RUN_CONFIG, load_run_config
 
-    if not (Path(args.run) / RUN_CONFIG).is_file() and is_export(args.run):
+    if not (Path(args.run) / RUN_CONFIG).is_file():  # an export (or neither: the error says so)
         return _eval_export(args)
     if load_run_config(args.run).is_generation:
         from .train.generate import DecodingSettings, evaluate_generation_run

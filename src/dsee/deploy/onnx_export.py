@@ -211,7 +211,7 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
         batch, sequence = (torch.export.Dim(a) for a in AXES)
         dynamic = {n: {0: batch, 1: sequence} for n in names}
         external = _parameter_bytes(source) > SINGLE_FILE_BYTES
-        real = [{k: v for k, v in b.items() if k in names} for b in (data or [])]
+        real = [_graph_inputs(b, names) for b in (data or [])]
         batches = check_batches(source, names, tokenizer) + real
         checker = (lambda path: _check(source, graph, path, batches, atol)) if check else None
         with atomic_directory(directory) as tmp, _quiet(), torch.no_grad(), \
@@ -283,10 +283,30 @@ def _fp32_graph(stages: Stages, checker, fuse: bool) -> tuple[Path, float | None
     fused = stages.file("fused")
     try:
         report = fuse_for_ort(plain, fused)
+        if checker is not None:
+            _load(fused)
+    except Exception as err:  # noqa: BLE001 - the rewriter failed, or ORT refuses its graph: ship the unfused one
+        return plain, checker(plain) if checker else None, {"applied": False, "error": _reason(err)}
+    try:
         return fused, checker(fused) if checker else None, {"applied": True, **report}
-    except Exception as err:  # noqa: BLE001 - a rewriter or runtime failure: ship the unfused graph instead
-        reason = f"{type(err).__name__}: {str(err)[:300]}"
-    return plain, checker(plain) if checker else None, {"applied": False, "error": reason}
+    except RuntimeError as err:  # the fused graph computes something else: ship the unfused one (checked too)
+        return plain, checker(plain), {"applied": False, "error": _reason(err)}
+
+
+def _reason(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err)[:300]}"
+
+
+def _graph_inputs(batch: dict, names: list[str]) -> dict[str, torch.Tensor]:
+    """``batch`` restricted to the graph's inputs; token_type_ids zeros when the graph takes them and the
+    batch has none (as ``OnnxRuntimeModel`` feeds them)."""
+    out = {n: batch[n] for n in names if n in batch}
+    missing = [n for n in names if n not in out and n != "token_type_ids"]
+    if missing or "input_ids" not in out:
+        raise ValueError(f"a batch of data has no {missing or ['input_ids']} (it has {sorted(batch)})")
+    if "token_type_ids" in names and "token_type_ids" not in out:
+        out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+    return out
 
 
 def _int8_graph(stages: Stages, *, per_channel: bool, fuse: bool, external: bool) -> tuple[Path, dict[str, Any]]:
@@ -301,8 +321,7 @@ def _int8_graph(stages: Stages, *, per_channel: bool, fuse: bool, external: bool
         _load(fused)
         return fused, {**info, "fusion": {"applied": True, "order": "quantized, then fused", **report}}
     except Exception as err:  # noqa: BLE001 - as for fp32: ship the unfused int8 graph
-        reason = f"{type(err).__name__}: {str(err)[:300]}"
-    return quantized, {**info, "fusion": {"applied": False, "error": reason}}
+        return quantized, {**info, "fusion": {"applied": False, "error": _reason(err)}}
 
 
 def _load(file: Path) -> OnnxRuntimeModel:

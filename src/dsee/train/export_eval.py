@@ -34,11 +34,6 @@ from .pipeline import TaskData, load_task_data, load_tokenizer
 from .run import RunConfig
 
 
-def is_export(directory: str | Path) -> bool:
-    """A directory ``dsee export`` wrote (it has ``dsee_export.json``)."""
-    return (Path(directory) / EXPORT_RECORD).is_file()
-
-
 def read_record(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / EXPORT_RECORD
     try:

@@ -98,7 +98,8 @@ def _check_options(format: str, compact: bool, merge: bool, quantize: str | None
                                        ("--no-fuse", not fuse), ("--check-batches", check_batches is not None))
                  if on]
         if given:
-            raise ValueError(f"{', '.join(given)} apply to ONNX exports: add --format onnx")
+            raise ValueError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to ONNX exports only: "
+                             "add --format onnx")
         return
     from ..deploy.quantize import check_kind
 
@@ -134,7 +135,8 @@ def dev_batches(config: RunConfig, tokenizer, count: int) -> tuple[list[dict] | 
     collate = data.collator(tokenizer)
     size = config.eval_batch_size
     batches = [collate(examples[i: i + size]) for i in range(0, len(examples), size)]
-    return batches, f"{len(batches)} batches of {len(examples)} {split} examples of the run's data"
+    return batches, f"{len(batches)} batch{'es' if len(batches) > 1 else ''} of {len(examples)} {split} examples " \
+                    "of the run's data"
 
 
 def evaluation_record(config: RunConfig, labels: RunLabels) -> dict[str, Any]:
