@@ -54,3 +54,29 @@ def test_quick_deploy_benchmark_records_every_backend(source_run, tmp_path, caps
                                              work_dir=str(tmp_path / "exports")))
     assert (tmp_path / "exports" / "int8" / "model.onnx").stat().st_mtime_ns == stamp
     assert again["int8_score"] == cost["int8_score"]
+
+
+def test_quantize_choice_scores_and_times_every_graph(source_run, tmp_path):
+    """benchmarks/quantize_choice.py on a tiny run: every graph scored on the whole dev set, compared with
+    fp32 and timed; the shipped order (int8, then fuse) is what export_onnx(quantize="int8") writes."""
+    import onnx
+
+    from dsee import export_onnx
+    from dsee.train.pipeline import load_run
+
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("quantize_choice", BENCH / "quantize_choice.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.main(["--run", str(source_run), "--work-dir", str(tmp_path / "graphs"), "--rounds", "1",
+                          "--shapes", "1x8", "--calibration-batches", "2", "--no-record"])
+    assert list(results["quality"]) == list(bench.VARIANTS) and results["dev_examples"] == 64
+    for name, quality in results["quality"].items():
+        assert quality["vs_fp32"]["rows"] == 64 and 0 <= quality["scores"]["accuracy"] <= 1
+        assert (quality["vs_fp32"]["max_abs_diff"] <= 1e-4) == name.startswith("fp32"), name
+    assert results["calibration_batches"] == 2
+    _, model, tokenizer = load_run(source_run)
+    export_onnx(model, tmp_path / "shipped", tokenizer=tokenizer, quantize="int8")
+    shipped = onnx.load(str(tmp_path / "shipped" / "model.onnx")).graph
+    measured = onnx.load(str(tmp_path / "graphs" / "int8-then-fuse" / "model.onnx")).graph
+    assert [n.op_type for n in shipped.node] == [n.op_type for n in measured.node]

@@ -26,13 +26,10 @@ the export manifest.
 from __future__ import annotations
 
 import collections
-import contextlib
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
-from . import require
+from . import quiet, require
 
 TOOL = "onnxscript.rewriter.ort_fusions.optimize_for_ort"
 # ONNX Runtime's fused (contrib) operators a transformer graph can end with
@@ -57,20 +54,6 @@ def bias_then_mask_rule():
     return BiasThenMask.rule()
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The rewriter logs every pattern it tries; only a failure is the user's business (it raises)."""
-    logger = logging.getLogger("onnxscript")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def op_counts(path: str | Path) -> dict[str, int]:
     """How many nodes of each of ONNX Runtime's fused operators (``FUSED_OPS``) the graph at ``path`` holds."""
     onnx = require("onnx")
@@ -88,7 +71,7 @@ def fuse_for_ort(source: str | Path, target: str | Path) -> dict[str, Any]:
     ir = require("onnx_ir")
     pattern = require("onnxscript.rewriter.pattern")
     ort_fusions = require("onnxscript.rewriter.ort_fusions")
-    with _quiet():
+    with quiet("onnxscript"):
         model = ir.load(str(source))
         reassociated = pattern.RewriteRuleSet([bias_then_mask_rule()]).apply_to_model(model)
         model, counts = ort_fusions.optimize_for_ort(model)

@@ -23,11 +23,9 @@ and per-layer sizes.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import json
-import logging
 import math
 import shutil
 import tempfile
@@ -39,7 +37,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_directory
-from . import ONNX_FILE, ONNX_MANIFEST, require
+from . import ONNX_FILE, ONNX_MANIFEST, quiet, require
 from .fusion import fuse_for_ort
 from .quantize import check_kind, compare_outputs, quantize_int8
 from .runtime import OnnxRuntimeModel
@@ -132,20 +130,6 @@ def check_batches(model: nn.Module, names: list[str], tokenizer=None) -> list[di
     return [{k: v for k, v in b.items() if k in names} for b in (first, second)]
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The exporter's notices (torchvision absent, axis names shared, deprecations) are not the user's business."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _parameter_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -214,7 +198,7 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
         real = [_graph_inputs(b, names) for b in (data or [])]
         batches = check_batches(source, names, tokenizer) + real
         checker = (lambda path: _check(source, graph, path, batches, atol)) if check else None
-        with atomic_directory(directory) as tmp, _quiet(), torch.no_grad(), \
+        with atomic_directory(directory) as tmp, quiet("torch.onnx"), torch.no_grad(), \
                 tempfile.TemporaryDirectory(prefix="dsee-onnx-") as scratch:
             stages = Stages(Path(scratch))
             program = torch.onnx.export(
@@ -252,7 +236,7 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
     finally:
         source.train(was_training)
     for what, record in (("fp32", fusion), ("int8", manifest["graph"]["fusion"] if quantization else {})):
-        if "error" in record:  # outside _quiet(), which silences the exporter's warnings
+        if "error" in record:  # outside quiet(), which silences the exporter's warnings
             warnings.warn(f"the fused {what} ONNX graph was not usable ({record['error']}); the export holds the "
                           "unfused graph", stacklevel=2)
     return manifest

@@ -29,16 +29,14 @@ output difference and, for classifiers, the share of rows whose predicted class 
 from __future__ import annotations
 
 import collections
-import contextlib
 import importlib.metadata
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import require
+from . import quiet, require
 
 KINDS = ("int8",)  # dynamic int8 (module doc: why not static)
 # what the quantizer touches: matmuls with a constant weight, and embedding tables (weight-only)
@@ -52,36 +50,25 @@ def check_kind(kind: str | None) -> None:
         raise ValueError(f"quantize={kind!r}: choose one of {', '.join(KINDS)} (or None for fp32)")
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The quantizer logs advice on every call (pre-processing, per-channel); errors still raise."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def quantize_int8(source: str | Path, target: str | Path, *, per_channel: bool = True,
-                  external_data: bool = False) -> dict[str, Any]:
+                  external_data: bool = False, op_types: tuple[str, ...] = OP_TYPES) -> dict[str, Any]:
     """Write the dynamic-int8 version of the fp32 graph ``source`` to ``target``; returns what was done.
 
     ``per_channel``: one weight scale per output channel (default) instead of one per matrix.
-    ``external_data``: weights in ``target``.data (graphs over protobuf's 2 GB limit). Returns
+    ``external_data``: weights in ``target``.data (graphs over protobuf's 2 GB limit). ``op_types``: the
+    operators whose constant weights are quantized. Returns
     ``{"kind", "tool", "per_channel", "op_types", "weight_type", "activations", "quantized_ops",
     "versions"}`` for the export manifest (``quantized_ops``: the integer operators in the result).
     """
     onnx = require("onnx")
     quantization = require("onnxruntime.quantization")
-    with _quiet():
+    with quiet(""):  # the quantizer logs its advice on the root logger
         quantization.quantize_dynamic(str(source), str(target), per_channel=per_channel,
-                                      weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(OP_TYPES),
+                                      weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(op_types),
                                       use_external_data_format=external_data)
     counts = collections.Counter(n.op_type for n in onnx.load(str(target), load_external_data=False).graph.node)
     return {"kind": "int8", "tool": "onnxruntime.quantization.quantize_dynamic", "per_channel": per_channel,
-            "op_types": list(OP_TYPES), "weight_type": "int8, symmetric",
+            "op_types": list(op_types), "weight_type": "int8, symmetric",
             "activations": "uint8, per tensor, from each batch's range at run time",
             "quantized_ops": {op: counts[op] for op in QUANTIZED_OPS if counts[op]},
             "versions": {dist: _version(dist) for dist in ("onnxruntime", "onnx")}}
