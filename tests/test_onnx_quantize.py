@@ -97,6 +97,10 @@ def test_per_tensor_int8_and_unfused_int8(tmp_path):
 
 
 def test_unknown_quantization_is_refused_before_anything_is_written(tmp_path):
+    from dsee.cli import QUANTIZE_CHOICES
+    from dsee.deploy.quantize import KINDS
+
+    assert QUANTIZE_CHOICES == KINDS  # the command line offers what the library does
     model = tiny_model("bert")
     with pytest.raises(ValueError, match="quantize='int4'"):
         export_onnx(model, tmp_path / "out", quantize="int4")
