@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import transformers as T
@@ -29,6 +31,18 @@ from dsee.sparsity.unstructured import apply_masks_, unstructured_masks  # noqa:
 DATA = shared_data_dir()
 DECODERS = ("gpt2", "llama")
 ATOL = 1e-4
+# ONNX Runtime's fused operators in the exported graph of a 2-layer model (onnxscript's rules; MPNet's
+# attention through dsee's bias-then-mask rule). DeBERTa's disentangled attention has no fused
+# operator; GPT-2's fused graph is refused by ONNX Runtime (a Gemm on a 3-D input), so it ships unfused.
+FUSED = {
+    "bert": {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2},
+    "roberta": {"Attention": 2, "SkipLayerNormalization": 5, "BiasGelu": 2},
+    "mpnet": {"Attention": 2, "SkipLayerNormalization": 5, "BiasGelu": 2},
+    "deberta": {"BiasGelu": 2},
+    "deberta-v2": {"SkipLayerNormalization": 4, "BiasGelu": 2},
+    "gpt2": None,
+    "llama": {"MultiHeadAttention": 2, "SkipSimplifiedLayerNormalization": 4},
+}
 
 
 def glue_sentences(count: int = 12) -> list[str]:
@@ -119,7 +133,13 @@ def test_pruned_classifiers_export_and_match_pytorch(arch, tmp_path):
     if prunable:  # DeBERTa v1 has no block layout: exported as it is
         ffn = blocks(model)[0].ffn_size
         prune_unevenly(model)
-    manifest = export_onnx(model, tmp_path / "onnx", tokenizer=tokenizer)
+    if FUSED[arch] is None:
+        with pytest.warns(UserWarning, match="the fused fp32 ONNX graph was not usable"):
+            manifest = export_onnx(model, tmp_path / "onnx", tokenizer=tokenizer)
+        assert not manifest["graph"]["fusion"]["applied"] and manifest["graph"]["fusion"]["error"]
+    else:  # every layer with its own head count, fused all the same
+        manifest = export_onnx(model, tmp_path / "onnx", tokenizer=tokenizer)
+        assert manifest["graph"]["fusion"]["ops"] == FUSED[arch]
     assert bool(dsee_layers(model)) == prunable  # the caller's model keeps its adapters (a copy was merged)
     pairs = "token_type_ids" in manifest["inputs"]
     assert pairs == (arch in ("bert", "roberta"))  # their configs have 2 token types; the others none
@@ -140,16 +160,22 @@ def test_pruned_causal_lms_export_and_match_pytorch(arch, tmp_path):
     tokenizer = tokenizer_for(arch)
     model = tiny_model(arch, tokenizer, causal=True)
     prune_unevenly(model)
-    manifest = export_onnx(model, tmp_path / "onnx", tokenizer=tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GPT-2 ships unfused (see FUSED)
+        manifest = export_onnx(model, tmp_path / "onnx", tokenizer=tokenizer)
     assert manifest["task"] == "text-generation" and manifest["kv_cache"] is False
+    if arch == "llama":
+        assert manifest["graph"]["fusion"]["ops"] == FUSED[arch]
     assert_onnx_matches(model, tmp_path / "onnx", real_batches(tokenizer, pairs=False))
 
 
 def test_unpruned_model_without_tokenizer(tmp_path):
     """Random token ids check the export when no tokenizer is given; the graph file stands alone."""
     model = tiny_model("roberta")
-    manifest = export_onnx(model, tmp_path / "onnx", check=True)
+    manifest = export_onnx(model, tmp_path / "onnx", check=True, fuse=False)
     assert manifest["config_describes_shapes"] and manifest["files"] == ["config.json", "dsee_onnx.json", "model.onnx"]
+    assert manifest["graph"]["fusion"] == {"applied": False, "reason": "fuse=False"}
+    assert manifest["graph"]["precision"] == "fp32" and manifest["quantization"] is None
     ids = torch.randint(3, 101, (5, 9), generator=torch.Generator().manual_seed(3))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     with torch.no_grad():
@@ -182,6 +208,45 @@ def test_real_minilm_exports_and_matches_pytorch(tmp_path):
     model = load_sequence_classifier(None, num_labels=2).eval()
     manifest = export_onnx(model, tmp_path / "onnx", tokenizer=tokenizer)
     assert manifest["heads_per_layer"] == [12] * 6 and manifest["config_describes_shapes"]
+    assert manifest["graph"]["fusion"]["ops"] == {"Attention": 6, "SkipLayerNormalization": 12, "BiasGelu": 6}
     assert_onnx_matches(model, tmp_path / "onnx", real_batches(tokenizer, pairs=True))
     info = json.loads((tmp_path / "onnx" / "dsee_onnx.json").read_text())
     assert info == manifest and info["versions"]["onnxruntime"]
+
+
+def test_a_fused_graph_that_computes_something_else_is_not_shipped(tmp_path, monkeypatch):
+    """The fused graph is checked against PyTorch like the unfused one; one that fails is replaced by the
+    unfused graph (checked too), with a warning and the reason in the manifest."""
+    from dsee.deploy import fusion, onnx_export
+
+    def shifted(source, target):  # a "fusion" that adds 1e-3 to every logit
+        import onnx
+        from onnx import helper, numpy_helper
+
+        model = onnx.load(str(source))
+        out = model.graph.output[0].name
+        for node in model.graph.node:
+            node.output[:] = [f"{o}_raw" if o == out else o for o in node.output]
+        model.graph.initializer.append(numpy_helper.from_array(np.array(1e-3, dtype=np.float32), "shift"))
+        model.graph.node.append(helper.make_node("Add", [f"{out}_raw", "shift"], [out]))
+        onnx.save(model, str(target))
+        return {"tool": "test", "rules": {}, "ops": {}}
+
+    monkeypatch.setattr(onnx_export, "fuse_for_ort", shifted)
+    model = tiny_model("bert")
+    with pytest.warns(UserWarning, match="the fused fp32 ONNX graph was not usable"):
+        manifest = export_onnx(model, tmp_path / "onnx")
+    assert "differs from the PyTorch model" in manifest["graph"]["fusion"]["error"]
+    assert manifest["check"]["max_abs_diff"] <= ATOL
+    assert fusion.op_counts(tmp_path / "onnx" / "model.onnx") == {}  # the unfused graph
+
+
+def test_mpnets_attention_fuses_only_with_the_bias_then_mask_rule(tmp_path, monkeypatch):
+    from dsee.deploy import fusion
+
+    model = tiny_model("mpnet")
+    assert export_onnx(model, tmp_path / "with")["graph"]["fusion"]["rules"]["bias_then_mask"] == 2
+    monkeypatch.setattr(fusion, "bias_then_mask_rule", lambda: fusion.require("onnxscript.rewriter.pattern")
+                        .RewriteRule(lambda op, x: op.Neg(op.Neg(x)), lambda op, x: op.Identity(x)))
+    ops = export_onnx(model, tmp_path / "without")["graph"]["fusion"]["ops"]
+    assert "Attention" not in ops and "MultiHeadAttention" not in ops

@@ -113,9 +113,12 @@ def format_train_summary(metrics: dict) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Re-compute the dev metrics of a saved run from its kept checkpoint (generation: decode and score)."""
-    from .train.run import load_run_config
+    """Re-compute the dev metrics of a saved run from its kept checkpoint (generation: decode and score),
+    or score an exported directory (PyTorch or ONNX, fp32 or int8) on its run's data."""
+    from .train.run import RUN_CONFIG, load_run_config
 
+    if not (Path(args.run) / RUN_CONFIG).is_file():  # an export (or neither: the error says so)
+        return _eval_export(args)
     if load_run_config(args.run).is_generation:
         from .train.generate import DecodingSettings, evaluate_generation_run
 
@@ -131,14 +134,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate_run(args.run, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples, split=args.split)
     saved_path = Path(args.run) / "metrics.json"
     saved = json.loads(saved_path.read_text())["dev"] if saved_path.is_file() else {}
+    _print_metrics(results, saved, "metrics.json", args.json)
+    return 0
+
+
+def _eval_export(args: argparse.Namespace) -> int:
+    from .train.export_eval import describe_export, evaluate_export, read_record
+
+    results = evaluate_export(args.run, data_dir=args.data_dir, max_eval_samples=args.max_eval_samples,
+                              split=args.split)
+    print(describe_export(args.run))
+    _print_metrics(results, read_record(args.run).get("dev") or {}, "the run's metrics.json", args.json)
+    return 0
+
+
+def _print_metrics(results: dict, saved: dict, source: str, as_json: bool) -> None:
+    """One line per split and metric, beside the value recorded before (``saved``: {split: {metric: value}})."""
     for split, metrics in results.items():
         for name, value in metrics.items():
             before = saved.get(split, {}).get(name)
-            note = f"   (metrics.json: {before:.4f})" if isinstance(before, float) else ""
+            note = f"   ({source}: {before:.4f})" if isinstance(before, float) else ""
             print(f"{split:24s} {name:22s} {value:.4f}{note}")
-    if args.json:
+    if as_json:
         print(json.dumps(results, indent=2))
-    return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -169,18 +187,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .train.export_run import export_run
 
     info = export_run(args.run, args.out, compact=args.compact, overwrite=args.overwrite, merge=not args.no_merge,
-                      format=args.format)
+                      format=args.format, quantize=args.quantize, per_channel=not args.per_tensor,
+                      fuse=not args.no_fuse, check_batches=args.check_batches)
     if info["format"] == "onnx":
-        check = info["check"]
-        print(f"exported {args.run} to {args.out}: {info['weights_file']}, {info['bytes_on_disk'] / 1e6:.2f} MB on "
-              f"disk; ONNX Runtime matches PyTorch within {check['max_abs_diff']:.2g}; run it with "
-              "onnxruntime or dsee.deploy.runtime.OnnxRuntimeModel")
+        print(format_onnx_export(args.run, args.out, info))
         return 0
     print(f"exported {args.run} to {args.out}: {info['weights_file']}, {info['bytes_on_disk'] / 1e6:.2f} MB on disk "
           f"(dense {info['dense_bytes'] / 1e6:.2f} MB); "
           + ("loads with transformers' from_pretrained and pipeline" if info["stock"]
              else f"load it with dsee.load_pretrained ({info['stock_problem']})"))
     return 0
+
+
+def format_onnx_export(run: str, out: str, info: dict) -> str:
+    """What ``dsee export --format onnx`` wrote: size, fusions, the check against PyTorch, int8's difference."""
+    fusion = info["fusion"]
+    fused = ", ".join(f"{n} {op}" for op, n in fusion.get("ops", {}).items()) if fusion["applied"] else \
+        f"none ({fusion.get('error') or fusion.get('reason')})"
+    lines = [f"exported {run} to {out}: {info['weights_file']}, {info['bytes_on_disk'] / 1e6:.2f} MB on disk; "
+             f"fused: {fused}",
+             f"fp32 graph: ONNX Runtime matches PyTorch within {info['check']['max_abs_diff']:.2g} "
+             f"(checked on {info['check_data']})"]
+    quantization = info.get("quantization")
+    if quantization:
+        vs = quantization["vs_fp32"]
+        same = f", same predicted class on {vs['same_class_share']:.1%} of {vs['rows']} rows" \
+            if "same_class_share" in vs else f" over {vs['rows']} rows"
+        lines.append(f"{quantization['kind']} ({'per channel' if quantization['per_channel'] else 'per tensor'}): "
+                     f"largest output difference from fp32 {vs['max_abs_diff']:.3g}{same}; score it with "
+                     f"`dsee eval {out}`")
+    lines.append("run it with onnxruntime or dsee.OnnxRuntimeModel")
+    return "\n".join(lines)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -255,6 +292,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # --- the parser ---------------------------------------------------------------------------------
 
+QUANTIZE_CHOICES = ("int8",)  # dsee.deploy.quantize.KINDS (not imported here: the command line starts fast)
 MODEL_HELP = "Hub id or local path (default: the embedded all-MiniLM-L6-v2)"
 
 
@@ -287,8 +325,9 @@ def _add_train(sub) -> None:
 def _add_eval(sub) -> None:
     from .train.generate import DecodingSettings
 
-    p = sub.add_parser("eval", help="re-compute the dev metrics of a saved run")
-    p.add_argument("run")
+    p = sub.add_parser("eval", help="re-compute the dev metrics of a saved run, or score an exported model on its "
+                                     "run's data")
+    p.add_argument("run", help="a run directory, or a directory `dsee export` wrote (PyTorch or ONNX, fp32 or int8)")
     p.add_argument("--data-dir", default=None, help="override the run's data folder")
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--split", default="validation", help="validation (default) or test, where the data has it")
@@ -325,6 +364,15 @@ def _add_export_and_generate(sub) -> None:
     p.add_argument("--format", default="transformers", choices=("transformers", "onnx"),
                    help="transformers: save_pretrained (a stock checkpoint where a stock config describes the model); "
                         "onnx: model.onnx for ONNX Runtime, any model, checked against PyTorch (needs dsee[onnx])")
+    p.add_argument("--quantize", default=None, choices=QUANTIZE_CHOICES,
+                   help="onnx: int8 weights (dynamic int8 by ONNX Runtime's quantizer, per output channel); the "
+                        "largest difference from the fp32 graph on dev batches goes to the manifest")
+    p.add_argument("--per-tensor", action="store_true", help="int8: one scale per weight matrix, not per channel")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="onnx: keep the graph as exported (default: ONNX Runtime's fused attention, layer norm, GELU)")
+    p.add_argument("--check-batches", type=int, default=None,
+                   help="onnx: dev batches of the run's data on which the graph is checked against PyTorch and "
+                        "int8 against fp32 (default 4; 0: built-in sentences only)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("generate", help="generate text with a fine-tuned decoder run")

@@ -1,4 +1,5 @@
-"""Deploying a model dsee made: ONNX export (``onnx_export``) and ONNX Runtime inference (``runtime``).
+"""Deploying a model dsee made: ONNX export (``onnx_export``), fused attention (``fusion``), int8
+weights (``quantize``) and ONNX Runtime inference (``runtime``).
 
 Stock checkpoints (``transformers`` loads them, pipelines included) are written by
 ``dsee.sparsity.export.save_pretrained`` whenever a stock config describes the model
@@ -8,8 +9,14 @@ The ONNX packages are an optional extra: ``pip install "dsee[onnx]"``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import warnings
 
+# the files of an ONNX export (``onnx_export`` writes them, ``runtime`` reads them)
+ONNX_FILE = "model.onnx"
+ONNX_MANIFEST = "dsee_onnx.json"
 EXTRA_HINT = 'pip install "dsee[onnx]" (onnx, onnxscript, onnxruntime)'
 
 
@@ -24,3 +31,20 @@ def require(module: str):
     except ModuleNotFoundError as err:
         raise MissingExtra(f"{module} is not installed (needed for ONNX export and ONNX Runtime): {EXTRA_HINT}",
                            name=err.name) from None
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str):
+    """The exporter's, rewriter's and quantizer's notices (deprecations, advice, every pattern tried) are
+    not the user's business: ``loggers`` (names; "" the root logger) show errors only, warnings are
+    ignored. Failures still raise."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)

@@ -23,11 +23,12 @@ and per-layer sizes.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import json
-import logging
+import math
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,11 @@ import torch
 from torch import nn
 
 from ..files import atomic_directory
-from . import require
+from . import ONNX_FILE, ONNX_MANIFEST, quiet, require
+from .fusion import fuse_for_ort
+from .quantize import check_kind, compare_outputs, quantize_int8
+from .runtime import OnnxRuntimeModel
 
-ONNX_FILE = "model.onnx"
-ONNX_MANIFEST = "dsee_onnx.json"
 FORMAT = "dsee-onnx-1"
 AXES = ("batch", "sequence")
 # one file below this size; above it the weights go to model.onnx.data (protobuf's 2 GB limit)
@@ -128,20 +130,6 @@ def check_batches(model: nn.Module, names: list[str], tokenizer=None) -> list[di
     return [{k: v for k, v in b.items() if k in names} for b in (first, second)]
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The exporter's notices (torchvision absent, axis names shared, deprecations) are not the user's business."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _parameter_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -156,16 +144,40 @@ def _plain_copy(model: nn.Module) -> nn.Module:
 
 
 def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extra_files: dict[str, str] | None = None,
-                opset: int | None = None, atol: float = 1e-4, check: bool = True) -> dict[str, Any]:
+                opset: int | None = None, atol: float = 1e-4, check: bool = True, fuse: bool = True,
+                quantize: str | None = None, per_channel: bool = True, data: list[dict] | None = None) -> dict[str, Any]:
     """Write ``model`` as ONNX to ``directory`` (replaced whole, atomically); returns the manifest.
 
-    ``tokenizer`` is saved beside the graph and tokenizes the check's inputs; ``extra_files``
-    (name -> text) are written too (``dsee export`` adds labels.json). ``check=False`` skips the
-    ONNX Runtime comparison (then onnxruntime need not be installed). Raises RuntimeError when
-    ONNX Runtime's outputs differ from PyTorch's by more than the tolerance.
+    Args:
+        model: any model dsee makes (adapters still attached are merged into a copy).
+        directory: the export directory: ``model.onnx``, ``config.json``, the tokenizer, ``dsee_onnx.json``.
+        tokenizer: saved beside the graph; it tokenizes the check's sentences.
+        extra_files: name -> text, written too (``dsee export`` adds labels.json).
+        opset: the ONNX opset (default: the exporter's).
+        atol: the fp32 graph must match PyTorch within ``atol`` · max(1, |output|max), else RuntimeError.
+        check: False skips every ONNX Runtime run (the comparison with PyTorch and the int8
+            measurement); then onnxruntime need not be installed for an fp32 export.
+        fuse: rewrite the graph with ONNX Runtime's fused operators (``fusion.fuse_for_ort``:
+            Attention / MultiHeadAttention, SkipLayerNormalization, BiasGelu, ...); the counts go to
+            the manifest's ``graph.fusion``. A fused graph that ONNX Runtime cannot load or that
+            fails the check is replaced by the unfused one, with a warning and the reason recorded.
+        quantize: None (fp32) or "int8": dynamic int8 weights (``quantize.quantize_int8``; the unfused
+            graph is quantized, then fused). The fp32 graph is checked against PyTorch first; the int8
+            graph is then compared with it and the largest difference (and, for classifiers, the share
+            of rows with the same predicted class) recorded under ``quantization.vs_fp32``.
+        per_channel: int8 weights with one scale per output channel (default) or one per matrix.
+        data: real tokenized batches (dicts of int64 (batch, sequence) tensors, e.g. dev batches):
+            the fp32 graph is checked on them too, and the int8 graph is measured on them (without
+            them: the built-in check sentences, or random token ids without a tokenizer).
+
+    Raises RuntimeError when the fp32 graph differs from PyTorch beyond the tolerance, or the int8
+    graph gives NaN or inf.
     """
+    check_kind(quantize)
     require("onnx")
     require("onnxscript")
+    if quantize is not None:
+        require("onnxruntime")
     from ..arch import blocks
     from ..sparsity.stock import stock_problem, stock_config
 
@@ -182,13 +194,28 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
         graph = _Graph(source, names, output).eval()
         batch, sequence = (torch.export.Dim(a) for a in AXES)
         dynamic = {n: {0: batch, 1: sequence} for n in names}
-        with atomic_directory(directory) as tmp, _quiet(), torch.no_grad():
+        external = _parameter_bytes(source) > SINGLE_FILE_BYTES
+        real = [_graph_inputs(b, names) for b in (data or [])]
+        batches = check_batches(source, names, tokenizer) + real
+        checker = (lambda path: _check(source, graph, path, batches, atol)) if check else None
+        with atomic_directory(directory) as tmp, quiet("torch.onnx"), torch.no_grad(), \
+                tempfile.TemporaryDirectory(prefix="dsee-onnx-") as scratch:
+            stages = Stages(Path(scratch))
             program = torch.onnx.export(
                 graph, tuple(example[n] for n in names), None, input_names=names, output_names=[output],
                 dynamic_shapes=dynamic, opset_version=opset, dynamo=True, optimize=True, verbose=False)
-            program.save(str(tmp / ONNX_FILE), external_data=_parameter_bytes(source) > SINGLE_FILE_BYTES)
-            max_diff = _check(source, graph, tmp / ONNX_FILE, check_batches(source, names, tokenizer), atol) \
-                if check else None
+            program.save(str(stages.file("plain")), external_data=external)
+            fp32, max_diff, fusion = _fp32_graph(stages, checker, fuse)
+            quantization = None
+            final = fp32
+            if quantize is not None:
+                final, quantization = _int8_graph(stages, per_channel=per_channel, fuse=fuse, external=external)
+                if check:
+                    inputs = f"{len(real)} batches of the given data" if real else \
+                        "the check batches (" + ("sentences)" if tokenizer is not None else "random token ids)")
+                    quantization["vs_fp32"] = _vs_fp32(fp32, final, real or batches,
+                                                       classes=_is_classifier(source, output), inputs=inputs)
+            stages.move(final, tmp / ONNX_FILE)
             problem = stock_problem(source)
             (stock_config(source) if problem is None else source.config).save_pretrained(tmp)
             if tokenizer is not None:
@@ -196,17 +223,110 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
             manifest = _manifest(source, program, names, output, max_diff, atol, problem, blocks)
+            manifest["graph"] = {"exporter": "torch.onnx.export(dynamo=True)",
+                                 "precision": "fp32" if quantization is None else quantization["kind"],
+                                 "fusion": fusion if quantization is None else quantization.pop("fusion")}
+            manifest["quantization"] = quantization
+            if quantization is not None:  # what it was quantized from and compared with
+                quantization["fp32_graph"] = {"fusion": fusion}
+                if check:
+                    manifest["check"]["graph"] = "the fp32 graph, before quantization"
             manifest["files"] = sorted([p.name for p in tmp.iterdir() if p.name != ".complete"] + [ONNX_MANIFEST])
             (tmp / ONNX_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     finally:
         source.train(was_training)
+    for what, record in (("fp32", fusion), ("int8", manifest["graph"]["fusion"] if quantization else {})):
+        if "error" in record:  # outside quiet(), which silences the exporter's warnings
+            warnings.warn(f"the fused {what} ONNX graph was not usable ({record['error']}); the export holds the "
+                          "unfused graph", stacklevel=2)
     return manifest
+
+
+class Stages:
+    """The graph's versions on its way to the export, one folder each under ``scratch``, every one named
+    ``model.onnx`` so that a weights file beside it (``model.onnx.data``, large models) keeps its name."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.scratch = scratch
+
+    def file(self, stage: str) -> Path:
+        (self.scratch / stage).mkdir(exist_ok=True)
+        return self.scratch / stage / ONNX_FILE
+
+    @staticmethod
+    def move(file: Path, target: Path) -> None:
+        for part in file.parent.iterdir():
+            shutil.move(str(part), str(target.parent / part.name))
+
+
+def _fp32_graph(stages: Stages, checker, fuse: bool) -> tuple[Path, float | None, dict[str, Any]]:
+    """The fp32 graph to ship (fused where that works) and its largest difference from PyTorch."""
+    plain = stages.file("plain")
+    if not fuse:
+        return plain, checker(plain) if checker else None, {"applied": False, "reason": "fuse=False"}
+    fused = stages.file("fused")
+    try:
+        report = fuse_for_ort(plain, fused)
+        if checker is not None:
+            _load(fused)
+    except Exception as err:  # noqa: BLE001 - the rewriter failed, or ORT refuses its graph: ship the unfused one
+        return plain, checker(plain) if checker else None, {"applied": False, "error": _reason(err)}
+    try:
+        return fused, checker(fused) if checker else None, {"applied": True, **report}
+    except RuntimeError as err:  # the fused graph computes something else: ship the unfused one (checked too)
+        return plain, checker(plain), {"applied": False, "error": _reason(err)}
+
+
+def _reason(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err)[:300]}"
+
+
+def _graph_inputs(batch: dict, names: list[str]) -> dict[str, torch.Tensor]:
+    """``batch`` restricted to the graph's inputs; token_type_ids zeros when the graph takes them and the
+    batch has none (as ``OnnxRuntimeModel`` feeds them)."""
+    out = {n: batch[n] for n in names if n in batch}
+    missing = [n for n in names if n not in out and n != "token_type_ids"]
+    if missing or "input_ids" not in out:
+        raise ValueError(f"a batch of data has no {missing or ['input_ids']} (it has {sorted(batch)})")
+    if "token_type_ids" in names and "token_type_ids" not in out:
+        out["token_type_ids"] = torch.zeros_like(out["input_ids"])
+    return out
+
+
+def _int8_graph(stages: Stages, *, per_channel: bool, fuse: bool, external: bool) -> tuple[Path, dict[str, Any]]:
+    """The int8 graph: the unfused fp32 graph quantized, then fused (why this order: ``quantize``'s doc)."""
+    quantized = stages.file("int8")
+    info = quantize_int8(stages.file("plain"), quantized, per_channel=per_channel, external_data=external)
+    if not fuse:
+        return quantized, {**info, "fusion": {"applied": False, "reason": "fuse=False"}}
+    fused = stages.file("int8-fused")
+    try:
+        report = fuse_for_ort(quantized, fused)
+        _load(fused)
+        return fused, {**info, "fusion": {"applied": True, "order": "quantized, then fused", **report}}
+    except Exception as err:  # noqa: BLE001 - as for fp32: ship the unfused int8 graph
+        return quantized, {**info, "fusion": {"applied": False, "error": _reason(err)}}
+
+
+def _load(file: Path) -> OnnxRuntimeModel:
+    return OnnxRuntimeModel(file)
+
+
+def _is_classifier(model: nn.Module, output: str) -> bool:
+    return output == "logits" and task_of(model) == "text-classification" and \
+        getattr(model.config, "problem_type", None) != "regression" and getattr(model.config, "num_labels", 0) > 1
+
+
+def _vs_fp32(fp32: Path, int8: Path, batches: list[dict], *, classes: bool, inputs: str) -> dict[str, Any]:
+    """The int8 graph against the fp32 one on ``batches`` (``quantize.compare_outputs``); NaN or inf fails."""
+    result = compare_outputs(_load(fp32), _load(int8), batches, classes=classes)
+    if not math.isfinite(result["max_abs_diff"]):
+        raise RuntimeError(f"the int8 graph gives non-finite outputs where the fp32 graph does not ({result})")
+    return {**result, "inputs": inputs}
 
 
 def _check(model: nn.Module, graph: nn.Module, file: Path, batches: list[dict], atol: float) -> float:
     """Largest |ONNX Runtime − PyTorch| over ``batches``; RuntimeError beyond atol · max(1, |output|max)."""
-    from .runtime import OnnxRuntimeModel
-
     runner = OnnxRuntimeModel(file)
     device = next(model.parameters()).device
     worst = 0.0

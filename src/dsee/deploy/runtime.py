@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import require
+from . import ONNX_FILE, ONNX_MANIFEST, require
 
 PROVIDER = "CPUExecutionProvider"
 
@@ -47,8 +47,6 @@ class OnnxRuntimeModel:
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        from .onnx_export import ONNX_FILE, ONNX_MANIFEST
-
         ort = require("onnxruntime")
         path = Path(path)
         file = path / ONNX_FILE if path.is_dir() else path

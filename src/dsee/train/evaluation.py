@@ -58,10 +58,15 @@ def evaluate(model: nn.Module, loader, accelerator, metric_kind: str) -> dict[st
             predictions.append(logits.cpu())
             labels.append(gold.cpu())
             losses.append(accelerator.gather_for_metrics(out.loss.detach().float().reshape(1)).mean().item())
-    preds = torch.cat(predictions)
-    if preds.shape[-1] == 1:
-        preds = preds.squeeze(-1)
-    metrics = compute_metrics(metric_kind, preds.numpy(), torch.cat(labels).numpy())
+    return score_predictions(torch.cat(predictions), torch.cat(labels), losses, metric_kind)
+
+
+def score_predictions(logits: torch.Tensor, labels: torch.Tensor, losses: list[float], metric_kind: str) -> dict:
+    """The task's metrics of ``logits`` (n, classes) or (n, 1) against ``labels`` (n,), and ``loss``: the
+    mean of the per-batch ``losses`` (what a run logs; ``dsee eval`` of an export computes the same)."""
+    if logits.shape[-1] == 1:
+        logits = logits.squeeze(-1)
+    metrics = compute_metrics(metric_kind, logits.numpy(), labels.numpy())
     metrics["loss"] = float(np.mean(losses))
     return metrics
 

@@ -1,5 +1,6 @@
-"""The training losses: the model's own, or next-token cross-entropy on the target tokens of a decoder;
-with a teacher, the distilled loss (``distill.py``)."""
+"""The training losses: the model's own (and the same from a classifier's logits alone, for exports), or
+next-token cross-entropy on the target tokens of a decoder; with a teacher, the distilled loss
+(``distill.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: 
     shift_labels = labels[:, 1:].reshape(-1)  # (B·(T-1),)
     return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100,
                                        label_smoothing=label_smoothing, reduction=reduction)
+
+
+def logits_loss(logits: torch.Tensor, labels: torch.Tensor, task_type: str) -> torch.Tensor:
+    """The loss transformers' sequence classifiers compute from their logits: cross-entropy over the
+    classes (logits (B, C), labels (B,)), or for regression the squared error of the one output (B, 1)."""
+    if task_type == "regression":
+        return nn.functional.mse_loss(logits.float().squeeze(-1), labels.float())
+    return nn.functional.cross_entropy(logits.float(), labels)
 
 
 def training_loss(model: nn.Module, batch: dict, data, config, teacher=None) -> torch.Tensor:
