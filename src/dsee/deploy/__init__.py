@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib
 
 EXTRA_HINT = 'pip install "dsee[onnx]" (onnx, onnxscript, onnxruntime)'
+# the files of an ONNX export (written by ``onnx_export``, read by ``runtime``)
+ONNX_FILE = "model.onnx"
+ONNX_MANIFEST = "dsee_onnx.json"
 
 
 class MissingExtra(ModuleNotFoundError):

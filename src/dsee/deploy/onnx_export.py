@@ -36,10 +36,9 @@ import torch
 from torch import nn
 
 from ..files import atomic_directory
-from . import require
+from . import ONNX_FILE, ONNX_MANIFEST, require  # noqa: F401 (the file names re-exported)
+from .runtime import OnnxRuntimeModel
 
-ONNX_FILE = "model.onnx"
-ONNX_MANIFEST = "dsee_onnx.json"
 FORMAT = "dsee-onnx-1"
 AXES = ("batch", "sequence")
 # one file below this size; above it the weights go to model.onnx.data (protobuf's 2 GB limit)
@@ -205,8 +204,6 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
 
 def _check(model: nn.Module, graph: nn.Module, file: Path, batches: list[dict], atol: float) -> float:
     """Largest |ONNX Runtime − PyTorch| over ``batches``; RuntimeError beyond atol · max(1, |output|max)."""
-    from .runtime import OnnxRuntimeModel
-
     runner = OnnxRuntimeModel(file)
     device = next(model.parameters()).device
     worst = 0.0
