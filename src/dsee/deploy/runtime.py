@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import require
+from . import ONNX_FILE, ONNX_MANIFEST, require
 
 PROVIDER = "CPUExecutionProvider"
 
@@ -37,6 +37,22 @@ def session_options(threads: int | None = None):
     return options
 
 
+def _session(ort, file: Path, options):
+    """An ONNX Runtime session on ``file``; a ValueError naming the file when ONNX Runtime refuses it.
+
+    ONNX Runtime raises its own exception types (``InvalidProtobuf`` for a truncated file, ``Fail``
+    for external data it will not read: outside the model's folder, or missing), none of them an
+    OSError or ValueError: each becomes one message that says what to do.
+    """
+    try:
+        return ort.InferenceSession(str(file), sess_options=options, providers=[PROVIDER])
+    except Exception as err:  # noqa: BLE001 - onnxruntime's exception types are not importable by name
+        reason = " ".join(str(err).split())
+        raise ValueError(f"{file}: ONNX Runtime cannot load it ({reason[:300]}): the file is truncated or damaged, "
+                         "or its weights are in an external data file outside its folder or missing; export the "
+                         "model again (dsee export RUN --out DIR --format onnx)") from None
+
+
 class OnnxRuntimeModel:
     """An ONNX export (a directory written by ``export_onnx``, or a ``.onnx`` file) in an ORT session.
 
@@ -47,8 +63,6 @@ class OnnxRuntimeModel:
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        from .onnx_export import ONNX_FILE, ONNX_MANIFEST
-
         ort = require("onnxruntime")
         path = Path(path)
         file = path / ONNX_FILE if path.is_dir() else path
@@ -63,8 +77,7 @@ class OnnxRuntimeModel:
 
             self.config = AutoConfig.from_pretrained(directory)
         self.threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(file), sess_options=session_options(self.threads),
-                                            providers=[PROVIDER])
+        self.session = _session(ort, file, session_options(self.threads))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 

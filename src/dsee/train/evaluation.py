@@ -45,8 +45,13 @@ def evaluate_generation_loss(model: nn.Module, loader, accelerator) -> dict[str,
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "neg_loss": -mean}
 
 
-def evaluate(model: nn.Module, loader, accelerator, metric_kind: str) -> dict[str, float]:
-    """Dev metrics of ``model`` on ``loader`` (gathered over processes, duplicates dropped)."""
+def evaluate(model: nn.Module, loader, accelerator, metric_kind: str, details: dict | None = None) -> dict[str, float]:
+    """Dev metrics of ``model`` on ``loader`` (gathered over processes, duplicates dropped).
+
+    Non-finite outputs (a diverged model) give ``{"loss": nan}`` alone: no metric is defined on them.
+    ``details``, when given, receives ``class_counts`` for a classifier: how many examples it predicts
+    in each class (a model that predicts one class for all has counts with a single non-zero).
+    """
     if metric_kind == "generation":
         return evaluate_generation_loss(model, loader, accelerator)
     model.eval()
@@ -59,8 +64,12 @@ def evaluate(model: nn.Module, loader, accelerator, metric_kind: str) -> dict[st
             labels.append(gold.cpu())
             losses.append(accelerator.gather_for_metrics(out.loss.detach().float().reshape(1)).mean().item())
     preds = torch.cat(predictions)
+    if not torch.isfinite(preds).all():
+        return {"loss": float("nan")}
     if preds.shape[-1] == 1:
         preds = preds.squeeze(-1)
+    elif details is not None:  # logits (examples, classes)
+        details["class_counts"] = torch.bincount(preds.argmax(-1), minlength=preds.shape[-1]).tolist()
     metrics = compute_metrics(metric_kind, preds.numpy(), torch.cat(labels).numpy())
     metrics["loss"] = float(np.mean(losses))
     return metrics
