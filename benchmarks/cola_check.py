@@ -13,7 +13,10 @@ Two measurements on GLUE CoLA (all-MiniLM-L6-v2, 2,000 training sentences, the w
    of 3; full fine-tuning. Per run: the dev MCC after each epoch, how many dev sentences the kept
    model puts in each class, wall time.
 
-Prints a table and appends one record to results.jsonl.
+Each finished run is appended to results.jsonl at once (``cola_check_run``; the probe as
+``cola_check_probe``), so a long series that stops keeps what it measured. The CoLA runs of the GLUE
+experiment (``glue_runs.jsonl``: learning rates, seeds, the trained pooler, full fine-tuning, all with
+bf16 autocast) are summarised beside them (``--glue-runs``), labelled as such.
 
     python benchmarks/cola_check.py --data-dir ../shared/data/glue [--variants default,targets,...] [--quick]
 """
@@ -37,8 +40,23 @@ VARIANTS = {
                 ["--targets", "query,key,value,output.dense,intermediate.dense"]),
     "pooler": ("the pooler trained with the classifier (the head)", ["--modules-to-save", "pooler,classifier"]),
     "epochs10": ("10 epochs instead of 3", ["--epochs", "10"]),
+    "lr5e-3": ("learning rate 5e-3 instead of 1.5e-3", ["--lr", "5e-3"]),
     "full": ("full fine-tuning (lr 5e-5, its default)", ["--method", "full"]),
 }
+HERE = Path(__file__).resolve().parent
+
+
+def glue_experiment_cola(path: Path = HERE / "glue_runs.jsonl") -> list[dict]:
+    """The CoLA runs recorded by glue_experiment.py (2,000 sentences, 3 epochs, bf16 autocast): method, rate,
+    seed, dev MCC."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)["results"]
+            if entry["settings"]["task"] == "cola":
+                rows.append({"method": entry["settings"]["method"], "lr": entry["settings"]["lr"],
+                             "seed": entry["settings"]["seed"], "mcc": round(entry["metrics"]["score"], 4)})
+    return rows
 
 
 def linear_probe(data_dir: str, train_samples: int, eval_samples: int | None, seed: int) -> dict[str, float]:
@@ -110,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--train-samples", type=int, default=2000)
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    p.add_argument("--glue-runs", action="store_true", help="also print the CoLA runs of glue_runs.jsonl")
     p.add_argument("--quick", action="store_true", help="a smoke test: 100 sentences, 100 dev, 1 epoch, not recorded")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
@@ -119,23 +138,30 @@ def main(argv=None) -> int:
         p.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     train_samples, eval_samples, epochs = (100, 100, "1") if args.quick else (args.train_samples, None, None)
 
-    probe = None if args.no_probe else linear_probe(args.data_dir, train_samples, eval_samples, seed=42)
-    if probe is not None:
+    keep = not (args.no_record or args.quick)
+    if args.glue_runs:
+        print("CoLA in glue_runs.jsonl (glue_experiment.py: 2,000 sentences, 3 epochs, bf16 autocast)")
+        print_table(["method", "lr", "seed", "dev MCC"], [[r["method"], r["lr"], r["seed"], r["mcc"]]
+                                                          for r in glue_experiment_cola()], [None, ".1e", None, ".4f"])
+    if not args.no_probe:
+        probe = linear_probe(args.data_dir, train_samples, eval_samples, seed=42)
         print("linear probe of the frozen checkpoint (dev MCC; spread: mean std of the feature over sentences)")
         print_table(["feature", "MCC", "MCC balanced", "spread"],
                     [[f, probe[f], probe[f"{f} balanced"], probe[f"{f} spread"]] for f in ("pooler", "cls", "mean")],
                     [None, ".3f", ".3f", ".3f"])
+        if keep:
+            record("cola_check_probe", {"train_samples": train_samples, "probe": probe})
     rows = []
     with tempfile.TemporaryDirectory(prefix="cola-check-") as tmp:
         for name in names:  # one at a time: the machine's cores are the budget
             rows.append(train_variant(name, args.data_dir, Path(tmp) / name, train_samples, eval_samples, epochs))
             print(json.dumps(rows[-1]), flush=True)
+            if keep:
+                record("cola_check_run", {"train_samples": train_samples, **rows[-1]})
     print_table(["variant", "dev MCC (kept)", "MCC by epoch", "predicted classes", "trainable", "wall s"],
                 [[r["variant"], r["mcc"], " ".join(f"{m:.3f}" for m in r["mcc_by_epoch"]),
                   json.dumps(r["predicted_classes"]), r["trainable_share"], r["wall_s"]] for r in rows],
                 [None, ".4f", None, None, ".4f", ".0f"])
-    if not (args.no_record or args.quick):
-        record("cola_check", {"train_samples": train_samples, "probe": probe, "runs": rows})
     return 0
 
 
