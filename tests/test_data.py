@@ -549,3 +549,68 @@ def test_encode_real_pairs(tokenizer) -> None:
     batch = Collator(tokenizer, "regression")(encode(ds, tokenizer, max_length=128))
     assert batch["input_ids"].shape[0] == 16 and batch["labels"].dtype.is_floating_point
     assert (batch["token_type_ids"] == 1).any(dim=1).all()  # every row has a second segment
+
+
+# ---------------------------------------------------------------------------------------------
+# Odd input that once went through silently or with the wrong message
+# ---------------------------------------------------------------------------------------------
+
+
+def test_integer_labels_are_classes_by_value(tmp_path: Path) -> None:
+    """``1``, ``01`` and ``+1`` are one class: once ``01`` became a third class of its own."""
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\na,0\nb,1\nc,01\nd,+1\ne,00\n")
+    data = load_table(train, "text", "label")
+    assert data.label_list == ["0", "1"]
+    assert data.labels == [0, 1, 1, 1, 0]
+    dev = tmp_path / "dev.csv"
+    dev.write_text("text,label\na,001\nb,-0\n")
+    assert load_table(dev, "text", "label", label_list=data.label_list).labels == [1, 0]
+    # JSON integers and strings of them agree too
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": "01"}\n{"text": "c", "label": 0}\n')
+    assert load_table(jsonl, "text", "label").label_list == ["0", "1"]
+
+
+def test_cr_only_line_endings_get_an_actionable_message(tmp_path: Path) -> None:
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"text,label\rgood film,pos\rbad film,neg\r")
+    with pytest.raises(DataError, match=r"mac\.csv: its lines end in a bare carriage return.*tr '\\r' '\\n'"):
+        load_table(path, "text", "label")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_not_a_data_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "train.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"train\.csv is not a regular file \(a FIFO"):
+        load_table(fifo, "text", "label")  # refused before opening it (opening a FIFO would wait for a writer)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero on this platform")
+def test_a_link_to_a_device_is_not_a_data_file(tmp_path: Path) -> None:
+    link = tmp_path / "train.csv"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(DataError, match=r"train\.csv is not a regular file \(a character device"):
+        load_table(link, "text", "label")
+
+
+def test_regression_targets_that_would_overflow_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.jsonl"
+    path.write_text('{"text": "a", "y": 1e30}\n{"text": "b", "y": -1e30}\n{"text": "c", "y": 0.5}\n')
+    with pytest.raises(DataError, match=r"huge\.jsonl, line 1: regression label '1e\+30' is too large.*rescale"):
+        load_table(path, "text", "y")
+
+
+def test_a_max_length_below_the_special_tokens_is_refused(tokenizer) -> None:
+    """``--max-length 1``: the tokenizer cannot truncate below its special tokens and returns examples whole,
+    so the run trained on full length while recording 1. The least length that holds a token of text is accepted."""
+    single = TextDataset([("a long sentence of many words",)], [0], "mem", "classification", ["n", "p"])
+    pair = TextDataset([("first text", "second text")], [0], "mem", "classification", ["n", "p"])
+    with pytest.raises(ValueError, match=r"--max-length 2 is below what the tokenizer can truncate to: it adds 2 "
+                                         r"special tokens.*give --max-length 3"):
+        encode(single, tokenizer, max_length=2)
+    with pytest.raises(ValueError, match=r"each pair of texts.*give --max-length 5"):
+        encode(pair, tokenizer, max_length=4)
+    assert len(encode(single, tokenizer, max_length=3)[0]["input_ids"]) == 3
+    assert len(encode(pair, tokenizer, max_length=5)[0]["input_ids"]) == 5

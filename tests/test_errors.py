@@ -115,3 +115,36 @@ def test_merge_or_remove_without_adapters():
         merge_dsee(tiny_classifier("bert"))
     with pytest.raises(ValueError, match="no DSEE adapters"):
         remove_dsee(tiny_classifier("bert"))
+
+
+def test_a_refused_adapter_leaves_every_requires_grad_flag_as_it_was(tmp_path):
+    """The docstring's promise, "model unchanged", includes which parameters train: a model with frozen
+    embeddings once came back from a refused load with them trainable."""
+    path = _other_model_adapter(tmp_path)
+    model = tiny_classifier("bert")
+    for p in model.bert.embeddings.parameters():
+        p.requires_grad_(False)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_adapter(model, path)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    assert not all(flags.values())  # the test means something: some were frozen
+
+
+def test_a_dtype_only_difference_of_the_base_weights_does_not_warn(tmp_path):
+    """An adapter trained on the fp32 base loads quietly into the same base in bf16 (and the reverse); another
+    base still warns, in either dtype."""
+    import warnings
+
+    trained = add_dsee(tiny_classifier("bert"), DSEEConfig(rank=2, num_sparse=4))
+    save_adapter(trained, tmp_path / "fp32")
+    save_adapter(add_dsee(tiny_classifier("bert").to(torch.bfloat16), DSEEConfig(rank=2, num_sparse=4)),
+                 tmp_path / "bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_adapter(tiny_classifier("bert").to(torch.bfloat16), tmp_path / "fp32")
+        load_adapter(tiny_classifier("bert"), tmp_path / "bf16")
+        load_adapter(tiny_classifier("bert"), tmp_path / "fp32")
+    for other in (tiny_classifier("bert", seed=1), tiny_classifier("bert", seed=1).to(torch.bfloat16)):
+        with pytest.warns(UserWarning, match="base weights differ"):
+            load_adapter(other, tmp_path / "fp32")

@@ -156,3 +156,55 @@ def test_mpnet_run_pruned_by_importance_with_distillation_exports_what_it_evalua
     out = tmp_path / "export"
     assert main(["export", str(run2), "--out", str(out)]) == 0
     torch.testing.assert_close(_logits(load_pretrained(out), inputs), before, rtol=0, atol=1e-5)
+
+
+def _stop_after(monkeypatch, step: int) -> None:
+    """A Ctrl-C that lands during optimizer step ``step``: the loop stops after it (checkpoint written)."""
+    import dsee.train.loop as loop
+
+    monkeypatch.setattr(loop, "stop_requested", lambda s: s.progress.step >= step)
+
+
+def _kept_tensors(run):
+    from safetensors.torch import load_file
+
+    return {f"{p.name}:{k}": v for p in sorted((run / "model").glob("*.safetensors")) for k, v in load_file(p).items()}
+
+
+def test_the_printed_prune_resume_command_continues_the_run(source_run, tmp_path, monkeypatch, capsys):
+    """After Ctrl-C, `dsee prune` prints how to continue; that command (once refused: "nothing to prune: give
+    --sparsity") ends the run as if it had never stopped."""
+    import shlex
+
+    settings = ["--sparsity", "0.5", "--score", "wanda", "--retune-epochs", "2", "--no-progress"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["prune", str(source_run), "--out", str(full), *settings]) == 0
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 3)
+        assert main(["prune", str(source_run), "--out", str(cut), *settings]) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    command = shlex.split(line.split("continue with `")[1].rstrip("`"))
+    assert command == ["dsee", "prune", str(source_run), "--out", str(cut), "--resume"]
+    assert main([*command[1:], "--no-progress"]) == 0
+    assert json.loads((cut / "metrics.json").read_text())["dev"] == json.loads((full / "metrics.json").read_text())["dev"]
+    a, b = _kept_tensors(full), _kept_tensors(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prune_resume_refuses_settings_that_differ_from_the_runs(source_run, tmp_path, monkeypatch, capsys):
+    """Started at 0.5 / wanda / 2 epochs: --resume with 0.7 / weight / 3 once went on silently with the old ones."""
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, 2)
+        assert main(["prune", str(source_run), "--out", str(cut), "--sparsity", "0.5", "--score", "wanda",
+                     "--retune-epochs", "2", "--no-progress"]) == 130
+    capsys.readouterr()
+    before = {p.relative_to(cut): p.read_bytes() for p in cut.rglob("*") if p.is_file()}
+    assert main(["prune", str(source_run), "--out", str(cut), "--resume", "--sparsity", "0.7", "--score", "weight",
+                 "--retune-epochs", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--sparsity 0.7 (saved: 0.5), --score weight (saved: wanda), --retune-epochs 3.0 (saved: 2.0)" in err
+    assert "would be ignored" in err and "Traceback" not in err
+    assert {p.relative_to(cut): p.read_bytes() for p in cut.rglob("*") if p.is_file()} == before
+    assert main(["prune", str(tmp_path / "other"), "--out", str(cut), "--resume"]) == 2  # another source: refused
+    assert f"was pruned from {source_run}" in capsys.readouterr().err

@@ -165,3 +165,205 @@ def test_files_and_directories_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d" / "a.txt").stat().st_mode) == 0o644
+
+
+# --- links: dsee never writes through a link it did not make -------------------------------------
+
+def _copy_run(source, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock"))
+    return target
+
+
+@pytest.mark.parametrize("command", ["train --resume", "train --overwrite", "prune --out"])
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_lock_file_planted_as_a_link_is_never_written_through(tmp_path, source_run, tiny_model_dir, csv_data,
+                                                               capsys, command, link):
+    """RUN/.lock as a link to a file elsewhere: the lock once opened it with O_CREAT, truncated the file it
+    points to and wrote a PID into it."""
+    from dsee.cli import main
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    run = tmp_path / "run"
+    if command == "prune --out":
+        run.mkdir()
+        argv = ["prune", str(source_run), "--out", str(run), "--sparsity", "0.3", "--retune-epochs", "0",
+                "--no-progress"]
+    else:
+        _copy_run(source_run, run)
+        argv = ["train", "--out", str(run), "--resume", "--no-progress"] if command == "train --resume" else [
+            "train", "--out", str(run), "--overwrite", "--model", tiny_model_dir, "--train-file", csv_data[0],
+            "--validation-file", csv_data[1], "--text-columns", "text", "--label-column", "label", "--epochs", "1",
+            "--max-length", "16", "--no-progress"]
+    (run / ".lock").symlink_to(victim) if link == "symbolic" else os.link(victim, run / ".lock")
+    listing = sorted(p.name for p in run.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("is a symbolic link" if link == "symbolic" else "is a hard link to another file") in err, err
+    assert "Traceback" not in err
+    assert victim.read_text() == "keep me\n"
+    assert sorted(p.name for p in run.iterdir()) == listing
+
+
+def test_a_swap_directory_planted_as_a_link_is_refused(tmp_path, source_run, capsys):
+    """An unfinished run whose .checkpoint.new is a link to a directory elsewhere: once an rmtree traceback (and
+    a complete-looking one would have been read, then moved into the run)."""
+    from dsee.cli import main
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".complete").write_text("")
+    (outside / "mine.txt").write_text("keep me\n")
+    run = _copy_run(source_run, tmp_path / "run")
+    (run / ".checkpoint.new").symlink_to(outside, target_is_directory=True)
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert ".checkpoint.new is a symbolic link" in err and "rm " in err and "Traceback" not in err
+    assert sorted(p.name for p in outside.iterdir()) == [".complete", "mine.txt"]
+    assert (run / ".checkpoint.new").is_symlink()
+
+
+def test_a_temporary_name_planted_as_a_link_is_not_written_through(tmp_path):
+    """The temporary file of an atomic write has a name one can guess (pid): a link put there is replaced."""
+    from dsee.files import atomic_write_text
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / f".out.json.{os.getpid()}.tmp").symlink_to(victim)
+    atomic_write_text(tmp_path / "out.json", "{}")
+    assert victim.read_text() == "keep me\n" and (tmp_path / "out.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "precious.txt"]
+
+
+# --- who is a distributed worker -----------------------------------------------------------------
+
+def test_a_stray_rank_is_refused_not_obeyed(tmp_path, tiny_model_dir, csv_data, monkeypatch, capsys):
+    """RANK=1 outside a launcher once skipped the lock and the summary: two such runs wrote one directory."""
+    from dsee.cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--model", tiny_model_dir, "--train-file", csv_data[0],
+                 "--validation-file", csv_data[1], "--text-columns", "text", "--label-column", "label",
+                 "--epochs", "1", "--max-length", "16", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "RANK=1 is set, but WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not" in err
+    assert "unset RANK" in err and not run.exists()
+
+
+def test_a_worker_is_known_by_the_launchers_whole_environment():
+    from dsee.train.launch import Launch, LaunchError, is_main_process, launch_environment
+
+    torchrun = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert launch_environment(torchrun) == Launch(rank=1, world_size=2, local_rank=1)
+    assert not is_main_process(torchrun) and is_main_process({**torchrun, "RANK": "0", "LOCAL_RANK": "0"})
+    assert launch_environment({}) is None and is_main_process({})
+    assert launch_environment({"RANK": "0"}) is None  # rank 0 of one process is the one process
+    assert launch_environment({**torchrun, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}) is None
+    for partial in ({"RANK": "1"}, {k: v for k, v in torchrun.items() if k != "MASTER_PORT"},
+                    {**torchrun, "RANK": "2"}, {"RANK": "one"}):
+        with pytest.raises(LaunchError):
+            launch_environment(partial)
+
+
+# --- write failures are messages -----------------------------------------------------------------
+
+def test_a_read_only_file_system_is_a_message(tmp_path, source_run, tiny_model_dir, csv_data, monkeypatch, capsys):
+    """EROFS from the lock (a read-only mount): once a traceback, the lock catching only PermissionError."""
+    import errno
+
+    import dsee.train.lock as lock
+    from dsee.cli import main
+
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if str(path).endswith(".lock") and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(lock.os, "open", read_only)
+    run = _copy_run(source_run, tmp_path / "run")
+    new = ["train", "--out", str(tmp_path / "new"), "--model", tiny_model_dir, "--train-file", csv_data[0],
+           "--validation-file", csv_data[1], "--text-columns", "text", "--label-column", "label", "--no-progress"]
+    for argv in (["train", "--out", str(run), "--resume", "--no-progress"], new):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Read-only file system (the file system is read-only: write somewhere else)" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _limited(argv: list[str], max_bytes: int) -> subprocess.CompletedProcess:
+    """``argv`` (a dsee command) in a child whose files may not grow beyond ``max_bytes`` (``ulimit -f``)."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, resource.RLIM_INFINITY))
+
+    env = {**ENV, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([sys.executable, "-m", "dsee", *argv], env=env, capture_output=True, text=True,
+                          preexec_fn=limit, timeout=600)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="ulimit -f is POSIX")
+def test_a_file_size_limit_while_training_is_a_message_then_resume_works(tmp_path, tiny_model_dir, csv_data):
+    """ulimit -f: once a traceback (File too large) writing the checkpoint, and then "nothing to resume"."""
+    run = tmp_path / "run"
+    argv = ["train", "--out", str(run), "--model", tiny_model_dir, "--train-file", csv_data[0], "--validation-file",
+            csv_data[1], "--text-columns", "text", "--label-column", "label", "--epochs", "1", "--max-length", "16",
+            "--rank", "2", "--num-sparse", "4", "--no-progress"]
+    failed = _limited(argv, 8_000)  # run_config.json fits, the checkpoint's tensors do not
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in failed.stderr and line.startswith("dsee train: error: cannot write ")
+    assert "File too large (a file-size limit (ulimit -f)" in line
+    assert f"continue with `dsee train --out {run} --resume`" in line
+    again = subprocess.run([sys.executable, "-m", "dsee", "train", "--out", str(run), "--resume", "--no-progress"],
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert (run / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="ulimit -f is POSIX")
+def test_a_file_size_limit_while_exporting_is_a_message_and_keeps_the_old_export(tmp_path, source_run):
+    from dsee.cli import main
+
+    out = tmp_path / "export"
+    assert main(["export", str(source_run), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    failed = _limited(["export", str(source_run), "--out", str(out), "--overwrite"], 1_000_000)
+    assert failed.returncode == 2, failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in failed.stderr and "File too large (a file-size limit (ulimit -f)" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# --- a reader racing the writer --------------------------------------------------------------------
+
+def test_a_reader_handed_a_directory_that_is_renamed_under_it_reads_the_new_place(tmp_path, source_run, monkeypatch):
+    """load_trained_model during training once failed (1 read in 25,207): handed .adapter.new just before the
+    writer renamed it into place. Here the writer's two renames happen between the lookup and the read."""
+    import shutil
+
+    import dsee.train.pipeline as pipeline
+
+    run = _copy_run(source_run, tmp_path / "run")
+    shutil.copytree(run / "adapter", run / ".adapter.new")  # a swap under way: the new one complete
+    (run / ".adapter.new" / ".complete").write_text("")
+    real = pipeline.load_adapter
+    paths = []
+
+    def racing(model, directory):
+        paths.append(Path(directory).name)
+        if len(paths) == 1:  # the writer moves on: old aside, new into place, old deleted
+            os.replace(run / "adapter", run / ".adapter.old")
+            os.replace(run / ".adapter.new", run / "adapter")
+            shutil.rmtree(run / ".adapter.old")
+        return real(model, directory)
+
+    monkeypatch.setattr(pipeline, "load_adapter", racing)
+    model = pipeline.load_trained_model(run)
+    assert paths == [".adapter.new", "adapter"]
+    assert model.dsee_state is not None

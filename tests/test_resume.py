@@ -41,8 +41,9 @@ def _same_run(a: Path, b: Path) -> None:
         assert torch.equal(ta[name], tb[name]), name
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert ma["dev"] == mb["dev"] and ma["best_step"] == mb["best_step"]
-    assert [json.loads(x)["dev"] for x in (a / "eval_log.jsonl").read_text().splitlines()] == \
-           [json.loads(x)["dev"] for x in (b / "eval_log.jsonl").read_text().splitlines()]
+    # every logged line, the training loss included (it averages the epoch so far: the running sum is checkpointed)
+    assert [json.loads(x) for x in (a / "eval_log.jsonl").read_text().splitlines()] == \
+           [json.loads(x) for x in (b / "eval_log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,29 @@ def test_resume_after_an_interruption_anywhere_is_exact(tmp_path, dropout_model_
     cut = tmp_path / "cut"
     with pytest.raises(Interrupted):
         train(_config(cut, dropout_model_dir, csv_data), interrupt_after=stop_at, show_progress=False)
+    train(_config(cut, dropout_model_dir, csv_data), resume=True, show_progress=False)
+    _same_run(uninterrupted, cut)
+
+
+def test_resume_from_the_checkpoint_at_the_end_of_an_epoch_is_exact(tmp_path, dropout_model_dir, csv_data,
+                                                                    uninterrupted, monkeypatch):
+    """Killed just after the epoch's last evaluation wrote its checkpoint (step 16 of 16): the resumed run logs
+    and ends as the uninterrupted one (the training loss averaged over the new epoch starts from nothing)."""
+    import dsee.train.loop as loop
+
+    real = loop.checkpoint
+
+    def then_killed(s):
+        real(s)
+        if s.progress.step == 16:
+            raise Interrupted("killed after the epoch's checkpoint")
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(loop, "checkpoint", then_killed)
+    with pytest.raises(Interrupted):
+        train(_config(cut, dropout_model_dir, csv_data), show_progress=False)
+    monkeypatch.setattr(loop, "checkpoint", real)
+    assert read_checkpoint(cut)[1]["progress"]["epoch"] == 1
     train(_config(cut, dropout_model_dir, csv_data), resume=True, show_progress=False)
     _same_run(uninterrupted, cut)
 
@@ -139,3 +163,20 @@ def test_a_planted_pickle_is_never_loaded(tmp_path, dropout_model_dir, csv_data,
     with pytest.raises(CheckpointError, match="pickle"):
         train(_config(run, dropout_model_dir, csv_data), resume=True, show_progress=False)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_path, dropout_model_dir, csv_data,
+                                                                           uninterrupted):
+    """Killed before any checkpoint (run_config.json written, no checkpoint/): `--resume` once said "nothing to
+    resume"; it now starts the run again with its saved settings and ends as the uninterrupted run."""
+    import shutil
+
+    from dsee.cli import main
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        train(_config(cut, dropout_model_dir, csv_data), interrupt_after=3, show_progress=False)
+    shutil.rmtree(cut / "checkpoint")  # what a kill -9 before the first checkpoint leaves
+    assert not any(p.name.startswith(".checkpoint") for p in cut.iterdir())
+    assert main(["train", "--out", str(cut), "--resume", "--no-progress"]) == 0
+    _same_run(uninterrupted, cut)

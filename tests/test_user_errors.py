@@ -36,8 +36,31 @@ def world(tmp_path_factory, tiny_model_dir, csv_data):
     rows = ["text,label"] + [f"sentence number {i},{i / 10}" for i in range(40)]
     rows[17] = "sentence with a broken label,n/a"
     regression.write_text("\n".join(rows) + "\n")
+    huge = base / "huge.jsonl"  # targets whose squared errors overflow float32
+    huge.write_text("".join(json.dumps({"text": f"sentence {i}", "y": (-1) ** i * 1e30}) + "\n" for i in range(8)))
+    mac = base / "mac.csv"  # lines ending in a bare CR
+    mac.write_bytes(b"text,label\r" + b"".join(b"words %d,pos\r" % i for i in range(8)))
+    fifo, device = base / "fifo.csv", base / "zero.csv"
+    os.mkfifo(fifo)
+    device.symlink_to("/dev/zero")
     return {"base": base, "run": run, "model": tiny_model_dir, "train": csv_data[0], "dev": csv_data[1],
-            "regression": regression}
+            "regression": regression, "huge": huge, "mac": mac, "fifo": fifo, "device": device,
+            "small_vocabulary": _small_vocabulary_model(base / "small-vocabulary", tiny_model_dir)}
+
+
+def _small_vocabulary_model(path: Path, tiny_model_dir: str) -> str:
+    """A BERT whose embedding has 1,000 rows, saved with the 30,522-token tokenizer of the tiny model."""
+    import torch
+    import transformers as T
+
+    from conftest import tiny_config
+
+    config = tiny_config("bert")
+    config.vocab_size = 1000
+    torch.manual_seed(0)
+    T.BertModel(config).save_pretrained(path)
+    T.AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return str(path)
 
 
 def _train_args(w, out, *extra):
@@ -107,7 +130,49 @@ CASES = {
     "both a task and a file": (lambda w: _train_args(w, w["base"] / "n10", "--task", "mrpc"), "either a GLUE task"),
     "resume a run that does not exist": (lambda w: ["train", "--out", str(w["base"] / "nothing"), "--resume"],
                                          "not a dsee run directory"),
+    "regression targets that overflow float32": (
+        lambda w: _own_file_args(w, "o1", w["huge"], "y"), "regression label '1e+30' is too large"),
+    "lines ending in a bare CR": (lambda w: _own_file_args(w, "o2", w["mac"]), "bare carriage return"),
+    "a FIFO as the training file": (lambda w: _own_file_args(w, "o3", w["fifo"]), "not a regular file (a FIFO"),
+    "a link to /dev/zero as the training file": (lambda w: _own_file_args(w, "o4", w["device"]),
+                                                 "not a regular file (a character device"),
+    # options the run would record but not use
+    "lora with a sparse count": (lambda w: _train_args(w, w["base"] / "u1", "--method", "lora", "--num-sparse", "64"),
+                                 "--num-sparse 64 does not apply"),
+    "lora with a sparse density": (lambda w: _train_args(w, w["base"] / "u2", "--method", "lora",
+                                                         "--sparse-density", "0.01"), "--sparse-density 0.01 does not"),
+    "lora with a support method": (lambda w: _train_args(w, w["base"] / "u3", "--method", "lora", "--sparse-method",
+                                                         "magnitude"), "the support of the sparse part"),
+    "another task type for a GLUE task": (
+        lambda w: _task_args(w, "u4", "stsb", "--task-type", "classification"), "stsb is a regression task"),
+    "own-file columns with a GLUE task": (
+        lambda w: _task_args(w, "u5", "sst2", "--text-columns", "foo,bar", "--label-column", "baz"),
+        "--text-columns is read with --train-file only"),
+    "a source column with a GLUE task": (
+        lambda w: _task_args(w, "u6", "sst2", "--source-column", "mr", "--label-smoothing", "0.1"),
+        "--source-column is read with --train-file only"),
+    "label smoothing for a classifier": (lambda w: _train_args(w, w["base"] / "u7", "--label-smoothing", "0.1"),
+                                         "--label-smoothing applies to the target tokens of text generation"),
+    "a data folder for your own files": (lambda w: _train_args(w, w["base"] / "u8", "--data-dir", str(w["base"])),
+                                         "--data-dir is where a --task's files are read"),
+    # what the model and tokenizer can honour
+    "max length below the special tokens": (lambda w: _train_args(w, w["base"] / "m1", "--max-length", "1"),
+                                            "--max-length 1 is below what the tokenizer can truncate to"),
+    "a vocabulary smaller than the tokenizer": (
+        lambda w: _train_args(w, w["base"] / "m2", "--model", w["small_vocabulary"]),
+        "the model's vocabulary has 1,000 rows but its tokenizer has 30,522 tokens"),
 }
+
+
+def _own_file_args(w, out, path, label="label"):
+    return ["train", "--out", str(w["base"] / out), "--model", w["model"], "--train-file", str(path),
+            "--validation-file", str(path), "--text-columns", "text", "--label-column", label, "--no-progress"]
+
+
+def _task_args(w, out, task, *extra):
+    """A GLUE task run (refused before its data is read: the folder does not exist)."""
+    return ["train", "--out", str(w["base"] / out), "--model", w["model"], "--task", task, "--data-dir",
+            str(w["base"] / "no-glue-here"), "--no-progress", *extra]
 
 
 def _with_notes(path: Path) -> Path:
@@ -132,6 +197,16 @@ def test_user_error(case, world, capsys):
     after = sorted(p.relative_to(world["base"]) for p in world["base"].rglob("*"))
     new = [p for p in after if p not in before and p.name not in ("notes.txt",) and not p.name.startswith("notes")]
     assert not new, f"refused, yet it wrote {new}"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 runs on a GPU: nothing to refuse")
+def test_fp16_on_a_cpu_only_machine_is_refused(world, capsys):
+    """Accelerate turns fp16 off on a CPU and trains in fp32; the run recorded fp16. Now: refused."""
+    before = sorted(world["base"].rglob("*"))
+    assert main(_train_args(world, world["base"] / "fp16", "--mixed-precision", "fp16")) == 2
+    err = capsys.readouterr().err
+    assert "--mixed-precision fp16 does not run on cpu" in err and "Traceback" not in err
+    assert sorted(world["base"].rglob("*")) == before
 
 
 def test_read_only_out_is_refused_before_loading(world, capsys, monkeypatch):
@@ -194,13 +269,33 @@ def test_truncated_checkpoint_is_named(world, capsys):
     assert str(path) in err and "not a readable safetensors file" in err
 
 
-def test_a_bug_is_a_traceback_with_exit_code_1(tmp_path):
-    code = ("import dsee.cli as c\n"
+def _a_bug(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    code = ("import sys, dsee.cli as c\n"
             "c.cmd_report = lambda args: 1 / 0\n"
-            "raise SystemExit(c.main(['report', 'x']))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert proc.returncode == 1 and "ZeroDivisionError" in proc.stderr
+            "raise SystemExit(c.main(['report', 'x', *sys.argv[1:]]))\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})})
+
+
+def test_a_bug_is_one_line_with_exit_code_1_and_the_traceback_on_request():
+    plain = _a_bug(env={"DSEE_DEBUG": ""})
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [
+        "dsee report: error: internal error: ZeroDivisionError: division by zero (a bug in dsee: run again with "
+        "--debug, or DSEE_DEBUG=1, to see the traceback, and report it)"]
+    for shown in (_a_bug("--debug"), _a_bug(env={"DSEE_DEBUG": "1"})):
+        assert shown.returncode == 1
+        assert "Traceback" in shown.stderr and "ZeroDivisionError: division by zero\n" in shown.stderr
+        assert shown.stderr.strip().splitlines()[-1].startswith("dsee report: error: internal error")
+
+
+def test_a_user_error_shows_its_traceback_only_with_debug(world, capsys):
+    argv = ["train", "--out", str(world["base"] / "nothing"), "--resume"]
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("dsee train: error: ")
 
 
 def test_explicit_classification_accepts_odd_labels(world, tmp_path):

@@ -22,8 +22,31 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+try:  # GPT-2's Conv1D: y = x·W + b with W stored (in × out), i.e. loralib's fan_in_fan_out
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a dependency
+    Conv1D = ()  # type: ignore[assignment]
+
 # heads trained in full by default for sequence classification (PEFT's choice as well)
 HEAD_NAMES = ("classifier", "score")
+# the linear maps of a transformer that adapters and pruning work on
+LINEAR_TYPES = (nn.Linear, Conv1D)
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(d_out, d_in) of an ``nn.Linear``, a ``Conv1D``, or a wrapper of one that keeps it as ``base_layer``
+    (``DSEELinear``)."""
+    module = getattr(module, "base_layer", module)
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, Conv1D):
+        return module.nf, module.weight.shape[0]
+    raise TypeError(f"not a linear layer: {type(module).__name__}")
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as (d_out, d_in), a view for ``Conv1D`` (whose storage is in × out)."""
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
 
 
 @dataclass(frozen=True)
@@ -273,8 +296,6 @@ class Block:
 
     @property
     def ffn_size(self) -> int:
-        from .adapters.layer import linear_shape
-
         return linear_shape(self.get(self.spec.ffn_in[0]))[0]
 
     @property
@@ -300,8 +321,6 @@ def blocks(model: nn.Module) -> list[Block]:
     Head counts are read from the modules themselves (not the config), so a block whose heads
     were removed reports what it has now.
     """
-    from .adapters.layer import linear_shape
-
     layout = block_spec(model)
     fused = model_spec(model).fused if layout.qkv else None
     layer_list = model.base_model.get_submodule(layout.layers)

@@ -4,12 +4,18 @@ The options of ``adapt``, ``train``, ``prune``, ``eval`` and ``generate`` are ge
 configuration dataclasses (``DSEEConfig``, ``RunConfig``, ``PruneSettings``, ``DecodingSettings``;
 see ``dsee.options``), so each option's default and help are written once, next to the field.
 ``dsee train --seed S`` seeds the run (data order, head) and the adapter (A, random Ω) alike.
+
+Every option is applied or refused: an option the run would record but not use is an error (exit 2).
+Every failure is one line on stderr: the user's (bad input, bad files, a write the file system
+refuses) with exit code 2, a diverged run with 1, a bug in dsee with 1 as well; ``--debug`` (or
+``DSEE_DEBUG=1``) adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,8 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.out = args.out
     else:
         adapter = None if args.method == "full" else adapter_config(args, seed=args.seed).to_dict()
-        refuse_options_not_applying(args, adapter)
         config = RunConfig(**values(args, RunConfig), adapter=adapter)
+        refuse_options_not_applying(args, adapter, config)
     metrics = train(config, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)
     print_once(format_train_summary(metrics))
     return 0
@@ -66,9 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def print_once(text: str) -> None:
     """Print on the main process only (under torchrun every process runs the command)."""
-    import os
+    from .train.launch import is_main_process
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(text)
 
 
@@ -81,13 +87,26 @@ def refuse_options_with_resume(args: argparse.Namespace, classes) -> None:
                          "ignored: drop them (or start a new run)")
 
 
-def refuse_options_not_applying(args: argparse.Namespace, adapter: dict | None) -> None:
-    """Options that the chosen method or support would silently ignore are errors instead."""
-    from .options import given
+def refuse_options_not_applying(args: argparse.Namespace, adapter: dict | None, config) -> None:
+    """Options that the chosen method or support would silently ignore are errors instead: each given adapter
+    option is compared with what the run will use (``config.adapter``)."""
+    from .options import cli_fields, given
 
-    if args.method == "full" and given(args, DSEEConfig, exclude=("seed",)):
-        raise ValueError(f"--method full trains every weight: the adapter options "
-                         f"{', '.join(given(args, DSEEConfig, exclude=('seed',)))} do not apply")
+    flags = given(args, DSEEConfig, exclude=("seed",))
+    if args.method == "full" and flags:
+        raise ValueError(f"--method full trains every weight: the adapter options {', '.join(flags)} do not apply")
+    used = config.dsee_config()
+    why = " (LoRA: no sparse part)" if args.method == "lora" else ""
+    for f, meta, _ in cli_fields(DSEEConfig) if used is not None else ():
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        if flag not in flags:
+            continue
+        if adapter[f.name] != config.adapter[f.name]:  # RunConfig overrode it (--method lora: N = 0)
+            raise ValueError(f"{flag} {getattr(args, f.name)} does not apply: --method {args.method} trains "
+                             f"{f.name} = {config.adapter[f.name]}{why}")
+        if f.name == "sparse_method" and not used.has_sparse:
+            raise ValueError(f"{flag} chooses the support of the sparse part, which this run does not have "
+                             f"(N = 0){why}")
     data_aware = adapter is not None and DSEEConfig.from_dict(adapter).sparse_method == "gradient"
     for flag, value, default in (("--support-batches", args.support_batches, 8),
                                  ("--support-warmup-steps", args.support_warmup_steps, 0)):
@@ -98,6 +117,9 @@ def refuse_options_not_applying(args: argparse.Namespace, adapter: dict | None) 
 def format_train_summary(metrics: dict) -> str:
     dev = metrics["dev"].get(metrics["selection_split"], {})
     shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items() if k != "loss")
+    if metrics["best_step"] < 0:
+        shown = (f"no checkpoint kept: the dev {metrics['main_metric']} was undefined at every evaluation "
+                 "(e.g. constant predictions)")
     lines = [f"{metrics['task']} · {metrics['method']} · {metrics['model']}",
              f"dev ({metrics['selection_split']}, best step {metrics['best_step']}): {shown}",
              f"trainable: {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,} parameters "
@@ -109,6 +131,10 @@ def format_train_summary(metrics: dict) -> str:
         lines.append(f"sparsity {pruning.get('sparsity', 0):.1%} · heads per layer {pruning.get('heads_per_layer')} · "
                      f"FFN per layer {pruning.get('ffn_per_layer')}"
                      + (f" · {flops / 1e9:.2f} GFLOPs per sequence" if flops else ""))
+    degenerate = metrics.get("degenerate")
+    if degenerate:
+        lines.append(f"warning: one class only: {degenerate['message']}; try {degenerate['try']}")
+    lines += [f"warning: {warning}" for warning in metrics.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -168,11 +194,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .train.run import check_out_apart
     from .train.settings import SCALE_FIELDS, PruneSettings
 
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
+    if args.resume:  # the saved settings: the pruning options need not be given again, and may not differ
+        metrics = train(resumed_prune_config(args), resume=True, show_progress=not args.no_progress)
+        print_once(format_train_summary(metrics))
+        return 0
     settings = PruneSettings(**values(args, PruneSettings))
     source = check_source(settings.source)
     check_out_apart(settings.source, args.out)  # before the lock creates --out
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues a run and --overwrite replaces it: give one of them")
     changes = {"out": args.out, "prune": settings.to_dict(), "epochs": args.retune_epochs}
     changes.update({k: v for k, v in (("lr", args.lr), ("data_dir", args.data_dir)) if v is not None})
     changes.update({name: getattr(args, name) for name in SCALE_FIELDS})  # this run's, not the source's
@@ -180,6 +210,40 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     show_progress=not args.no_progress)
     print_once(format_train_summary(metrics))
     return 0
+
+
+def resumed_prune_config(args: argparse.Namespace):
+    """The saved settings of the pruned run ``--out``; an error if it is not one pruned from ``RUN``, or if a given
+    option differs from what it was pruned and re-tuned with (it would be ignored)."""
+    from .options import cli_fields, was_given
+    from .train.run import check_out_apart, load_run_config
+    from .train.settings import SCALE_FIELDS, PruneSettings, RunConfig
+
+    check_out_apart(args.source, args.out)
+    saved = load_run_config(args.out)
+    if saved.prune is None:
+        raise ValueError(f"{args.out} is not a pruned run: continue it with dsee train --out {args.out} --resume")
+    if Path(saved.prune["source"]).resolve() != Path(args.source).resolve():
+        raise ValueError(f"{args.out} was pruned from {saved.prune['source']}, not from {args.source}: continue it with "
+                         f"dsee prune {saved.prune['source']} --out {args.out} --resume")
+    differ = []
+    for cls, fields, saved_values in ((PruneSettings, None, saved.prune), (RunConfig, SCALE_FIELDS, saved.to_dict())):
+        for f, meta, _ in cli_fields(cls):
+            if f.name == "source" or (fields is not None and f.name not in fields):
+                continue
+            value = getattr(args, f.name)
+            if was_given(args, f.name, f.default) and value != saved_values.get(f.name):
+                differ.append(f"{meta['flag'] or '--' + f.name.replace('_', '-')} {value} (saved: "
+                              f"{saved_values.get(f.name)})")
+    for name, default, kept in (("retune_epochs", 3.0, saved.epochs), ("lr", None, saved.learning_rate),
+                                ("data_dir", None, saved.data_dir)):
+        if was_given(args, name, default) and getattr(args, name) != kept:
+            differ.append(f"--{name.replace('_', '-')} {getattr(args, name)} (saved: {kept})")
+    if differ:
+        raise ValueError(f"--resume continues {args.out} with the settings it was started with; {', '.join(differ)} "
+                         "would be ignored: drop them, or start it again with --overwrite")
+    saved.out = args.out
+    return saved
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -377,7 +441,7 @@ def _add_export_and_generate(sub) -> None:
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("generate", help="generate text with a fine-tuned decoder run")
     p.add_argument("run")
-    p.add_argument("--input", default=None, help="a text file, one source per line")
+    p.add_argument("--input", default=None, help="a text file, one source per line (-: standard input)")
     p.add_argument("--text", default=None, help="one source")
     p.add_argument("--output", default=None, help="write the outputs here (default: print them)")
     add_options(p, DecodingSettings)
@@ -407,31 +471,83 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_adapt, _add_train, _add_eval, _add_prune, _add_export_and_generate, _add_bench_and_report):
         add(sub)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help=f"show the traceback of a failure (or set {DEBUG_VARIABLE}=1)")
+    parser.set_defaults(commands=sub.choices)
     return parser
 
 
-# errors of the user's making: a message and exit code 2 (anything else is a bug: traceback, exit 1)
-# (MissingExtra: an optional package the request needs is not installed; the message says how to add it)
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError, MissingExtra)
+# errors of the user's making: a message and exit code 2 (a bug in dsee: a message and exit code 1)
+# (MissingExtra: an optional package the request needs is not installed; the message says how to add it;
+# OSError: a path, a file, a write the file system refused: see ``failure_message``)
+USER_ERRORS = (ValueError, OSError, MissingExtra)
+DEBUG_VARIABLE = "DSEE_DEBUG"
+
+
+def failure_message(err: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """(one line naming the problem and what to do, exit code) for a failure that reached the command line."""
+    from .files import as_os_error, cannot_write
+    from .train.lock import RunBusyError
+
+    os_error = as_os_error(err)
+    if os_error is not None:
+        os_error = cannot_write(os_error)
+        text = str(os_error) if os_error.filename is None or str(os_error.filename) in str(os_error) else \
+            f"{os_error.filename}: {os_error.strerror}"
+        return text + _continue_hint(args), 2
+    if isinstance(err, (*USER_ERRORS, RunBusyError)):
+        return str(err), 2
+    return (f"internal error: {type(err).__name__}: {err} (a bug in dsee: run again with --debug, or "
+            f"{DEBUG_VARIABLE}=1, to see the traceback, and report it)"), 1
+
+
+def _continue_hint(args: argparse.Namespace) -> str:
+    """After a write failure in a run: how to go on once the cause is fixed."""
+    out = getattr(args, "out", None)
+    if args.command not in ("train", "prune") or not out or not (Path(out) / "run_config.json").is_file():
+        return ""
+    source = f"{args.source} " if args.command == "prune" else ""
+    return f"; once fixed, continue with `dsee {args.command} {source}--out {out} --resume`"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train.lock import RunBusyError
-    from .train.loop import Stopped
+    from .train.loop import Diverged, Stopped
+
+    from .options import mark_given
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    mark_given(args.commands[args.command], argv[argv.index(args.command) + 1:], args)  # the options written
+    debug = args.debug or os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
     try:
         return args.func(args)
-    except (*USER_ERRORS, RunBusyError) as err:
-        print(f"dsee {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except Stopped as stop:
+        source = f"{args.source} " if args.command == "prune" else ""
         print(f"dsee {args.command}: stopped after step {stop.step}; the checkpoint is in {stop.run / 'checkpoint'}: "
-              f"continue with `dsee {args.command} {'' if args.command == 'train' else '<source run> '}"
-              f"--out {stop.run} --resume`", file=sys.stderr)
+              f"continue with `dsee {args.command} {source}--out {stop.run} --resume`", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f"dsee {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Diverged as err:
+        _traceback(debug)
+        print(f"dsee {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line (module doc)
+        message, code = failure_message(err, args)
+        _traceback(debug)
+        print(f"dsee {args.command}: error: {_one_line(message)}", file=sys.stderr)
+        return code
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()

@@ -128,13 +128,40 @@ def values(args: argparse.Namespace, cls: type, *, exclude: Iterable[str] = ()) 
             if f.name not in exclude and hasattr(args, f.name)}
 
 
+GIVEN = "_given"  # the attribute of parsed arguments that holds the options on the command line (``mark_given``)
+
+
+def mark_given(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """Record in ``args`` which options ``argv`` actually holds, whatever their value (``--score weight`` is given
+    even though ``weight`` is the default): ``argv`` parsed once more with every default suppressed."""
+    actions = [a for a in parser._actions if a.dest != "help"]
+    saved = [a.default for a in actions]
+    try:
+        for action in actions:
+            action.default = argparse.SUPPRESS
+        found = parser.parse_known_args(argv, argparse.Namespace())[0]
+    finally:
+        for action, default in zip(actions, saved):
+            action.default = default
+    setattr(args, GIVEN, set(vars(found)))
+    return args
+
+
+def was_given(args: argparse.Namespace, name: str, default: Any = None) -> bool:
+    """Whether the option of field ``name`` was on the command line (``mark_given``), or else set to a value other
+    than ``default``."""
+    marked = getattr(args, GIVEN, None)
+    if marked is not None:
+        return name in marked
+    return hasattr(args, name) and getattr(args, name) != default
+
+
 def given(args: argparse.Namespace, cls: type, *, exclude: Iterable[str] = ()) -> list[str]:
-    """The option flags of ``cls`` whose value differs from the field's default (what the user set)."""
+    """The option flags of ``cls`` that the user set (on the command line, or to a value other than the default)."""
     out = []
     for f, meta, _ in cli_fields(cls):
         if f.name in exclude or not hasattr(args, f.name):
             continue
-        default = None if f.default is _MISSING else f.default
-        if getattr(args, f.name) != default:
+        if was_given(args, f.name, None if f.default is _MISSING else f.default):
             out.append(meta["flag"] or "--" + f.name.replace("_", "-"))
     return out

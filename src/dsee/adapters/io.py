@@ -31,21 +31,55 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, 
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def base_fingerprint(model: nn.Module) -> str:
-    """A hash of the frozen weights the adapters sit on (Ω was chosen from them)."""
+# the dtypes frozen weights are stored in: an adapter is fingerprinted in each, so that loading it onto the
+# same base weights stored in another of them (fp32-trained, loaded into a bf16 model) is recognised
+FINGERPRINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def base_fingerprint(model: nn.Module, dtype: torch.dtype = torch.float32) -> str:
+    """A hash of the frozen weights the adapters sit on (Ω was chosen from them), cast to ``dtype``."""
     digest = hashlib.sha256()
     for name, layer in dsee_layers(model):
         digest.update(name.encode())
-        digest.update(linear_weight(layer.base_layer).detach().float().cpu().contiguous().numpy().tobytes())
+        weight = linear_weight(layer.base_layer).detach().to(dtype).float().cpu().contiguous()
+        digest.update(weight.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
+def base_fingerprints(model: nn.Module) -> dict[str, str]:
+    """``base_fingerprint`` in every dtype of ``FINGERPRINT_DTYPES``, and ``dtype``: the one the weights are in."""
+    layers = dsee_layers(model)
+    dtype = str(linear_weight(layers[0][1].base_layer).dtype).removeprefix("torch.") if layers else "float32"
+    return {"dtype": dtype, **{name: base_fingerprint(model, d) for name, d in FINGERPRINT_DTYPES.items()}}
+
+
+def _same_base(metadata: dict[str, str], model: nn.Module) -> tuple[bool, str, str]:
+    """Whether ``model``'s frozen weights are those the adapter was saved with, up to the dtype they are stored in;
+    with the two fingerprints compared (for the message).
+
+    A dtype-only difference is no difference: the weights are compared in the less precise of the two dtypes
+    (an fp32-trained adapter on the bf16 copy of its base model compares bf16 with bf16).
+    """
+    saved = metadata.get("base_fingerprint")
+    here = base_fingerprints(model)
+    if not saved or saved == here["float32"]:
+        return True, saved or "", here["float32"]
+    try:
+        coarse = json.loads(metadata.get("base_fingerprints", "{}"))
+    except ValueError:
+        coarse = {}
+    for dtype in {coarse.get("dtype"), here["dtype"]} & (set(FINGERPRINT_DTYPES) - {"float32"}):
+        if coarse.get(dtype) == here[dtype]:
+            return True, coarse[dtype], here[dtype]
+    return False, saved, here["float32"]
+
+
 def save_adapter(model: nn.Module, directory: str | Path, *, tensors: dict[str, torch.Tensor] | None = None,
-                 fingerprint: str | None = None) -> Path:
+                 fingerprint: dict[str, str] | None = None) -> Path:
     """Save the adapter of ``model`` to ``directory`` (created if needed); returns the directory.
 
     ``tensors``: the adapter's tensors (``adapter_state_dict`` keys) when the model's own are not
-    whole (a sharded model's, gathered); ``fingerprint``: the base weights' ``base_fingerprint``
+    whole (a sharded model's, gathered); ``fingerprint``: the base weights' ``base_fingerprints``
     when the model's weights are not those the adapter goes on (sharded, or stored in bf16).
     """
     state = getattr(model, "dsee_state", None)
@@ -67,8 +101,10 @@ def save_adapter(model: nn.Module, directory: str | Path, *, tensors: dict[str, 
         "model_class": model_class_name(model),
         "targets_matched": json.dumps(list(state.targets_matched)),
         "modules_to_save": json.dumps(list(state.modules_to_save)),
-        "base_fingerprint": fingerprint or base_fingerprint(model),
     }
+    fingerprints = dict(fingerprint or base_fingerprints(model))
+    metadata["base_fingerprint"] = fingerprints.pop("float32")
+    metadata["base_fingerprints"] = json.dumps(fingerprints, sort_keys=True)
     atomic_save_safetensors(tensors, directory / WEIGHTS_NAME, metadata)
     state.config.save(directory)
     return directory
@@ -83,6 +119,8 @@ def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except FileNotFoundError:
+        raise  # gone since the check above (a directory swap): the caller may read the new one
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     bad = sorted(k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
@@ -122,6 +160,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
     metadata, saved = read_safetensors(path)
     added_here = not is_adapted(model)
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}  # as they were, for a refusal
     if added_here:
         inject(model, config, select_support=False)
     elif model.dsee_state.config != config:
@@ -132,17 +171,19 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     if problems:
         if added_here:
             remove_dsee(model)
+            for name, p in model.named_parameters():  # remove_dsee leaves everything trainable
+                p.requires_grad_(trainable[name])
         shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
         raise ValueError(f"{path} does not fit this model (saved for model type {metadata.get('model_type', '?')}): "
                          f"{shown}")
     with torch.no_grad():
         for key, tensor in expected.items():
             tensor.copy_(saved[key].to(tensor.dtype))
-    fingerprint = metadata.get("base_fingerprint")
-    if fingerprint and fingerprint != base_fingerprint(model):
+    same, saved_print, model_print = _same_base(metadata, model)
+    if not same:
         warnings.warn(
             f"{directory}: the base weights differ from those the adapter was trained on "
-            f"(fingerprint {fingerprint} vs {base_fingerprint(model)}); outputs will differ",
+            f"(fingerprint {saved_print} vs {model_print}); outputs will differ",
             stacklevel=2,
         )
     return model

@@ -38,30 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..arch import LINEAR_TYPES, Conv1D, linear_shape, linear_weight  # noqa: F401 (re-exported)
 from .sparse_ops import folded_linear, sparse_matmul
-
-try:  # GPT-2's Conv1D: y = x·W + b with W stored (in × out), i.e. loralib's fan_in_fan_out
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a dependency
-    Conv1D = ()  # type: ignore[assignment]
-
-LINEAR_TYPES = (nn.Linear, Conv1D)
-
-
-def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(d_out, d_in) of an ``nn.Linear``, a ``Conv1D`` or a ``DSEELinear`` (its base layer's)."""
-    if isinstance(module, DSEELinear):
-        module = module.base_layer
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features
-    if isinstance(module, Conv1D):
-        return module.nf, module.weight.shape[0]
-    raise TypeError(f"not a linear layer: {type(module).__name__}")
-
-
-def linear_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as (d_out, d_in), a view for ``Conv1D`` (whose storage is in × out)."""
-    return module.weight.T if isinstance(module, Conv1D) else module.weight
 
 
 class SparseLowRankDelta(nn.Module):

@@ -18,6 +18,9 @@ import warnings
 ONNX_FILE = "model.onnx"
 ONNX_MANIFEST = "dsee_onnx.json"
 EXTRA_HINT = 'pip install "dsee[onnx]" (onnx, onnxscript, onnxruntime)'
+# the files of an ONNX export (written by ``onnx_export``, read by ``runtime``)
+ONNX_FILE = "model.onnx"
+ONNX_MANIFEST = "dsee_onnx.json"
 
 
 class MissingExtra(ModuleNotFoundError):

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..files import atomic_directory
-from . import ONNX_FILE, ONNX_MANIFEST, quiet, require
+from . import ONNX_FILE, ONNX_MANIFEST, quiet, require  # noqa: F401 (the file names re-exported)
 from .fusion import fuse_for_ort
 from .quantize import check_kind, compare_outputs, quantize_int8
 from .runtime import OnnxRuntimeModel

@@ -37,6 +37,22 @@ def session_options(threads: int | None = None):
     return options
 
 
+def _session(ort, file: Path, options):
+    """An ONNX Runtime session on ``file``; a ValueError naming the file when ONNX Runtime refuses it.
+
+    ONNX Runtime raises its own exception types (``InvalidProtobuf`` for a truncated file, ``Fail``
+    for external data it will not read: outside the model's folder, or missing), none of them an
+    OSError or ValueError: each becomes one message that says what to do.
+    """
+    try:
+        return ort.InferenceSession(str(file), sess_options=options, providers=[PROVIDER])
+    except Exception as err:  # noqa: BLE001 - onnxruntime's exception types are not importable by name
+        reason = " ".join(str(err).split())
+        raise ValueError(f"{file}: ONNX Runtime cannot load it ({reason[:300]}): the file is truncated or damaged, "
+                         "or its weights are in an external data file outside its folder or missing; export the "
+                         "model again (dsee export RUN --out DIR --format onnx)") from None
+
+
 class OnnxRuntimeModel:
     """An ONNX export (a directory written by ``export_onnx``, or a ``.onnx`` file) in an ORT session.
 
@@ -61,8 +77,7 @@ class OnnxRuntimeModel:
 
             self.config = AutoConfig.from_pretrained(directory)
         self.threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(file), sess_options=session_options(self.threads),
-                                            providers=[PROVIDER])
+        self.session = _session(ort, file, session_options(self.threads))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import atomic_directory, existing_directory
-from .run import CHECKPOINT
 
+CHECKPOINT = "checkpoint"  # the directory in RUN
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
 FORMAT = "dsee-checkpoint-2"
@@ -51,6 +51,14 @@ class Progress:
     train_seconds: float = 0.0
     examples_seen: int = 0
     teacher_seconds: float = 0.0  # of train_seconds, in the teacher's forward (``dsee prune --distill``)
+    # the training loss logged at an evaluation averages this epoch's micro-batches so far: kept here, so that
+    # a resumed run logs what the uninterrupted one did
+    running_loss: float = 0.0
+    running_count: int = 0
+    first_loss: float | None = None  # the run's first micro-batch loss: what a diverging loss is compared with
+    checkpoint_step: int | None = None  # the step of the last checkpoint written
+    best_class_counts: list[int] | None = None  # the kept model's dev predictions per class (classification)
+    warnings: list[str] = field(default_factory=list)
 
 
 class CheckpointError(ValueError):
@@ -130,13 +138,18 @@ def has_checkpoint(run: Path) -> bool:
     return existing_directory(run / CHECKPOINT) is not None
 
 
+def refuse_legacy(run: Path) -> None:
+    """A clear error when ``run``'s only checkpoint is the pickle of dsee 0.1 (never unpickled)."""
+    if not has_checkpoint(run) and (run / LEGACY).is_file():
+        raise CheckpointError(f"{run / LEGACY} was written by an older dsee as a pickle, which could run code "
+                              "when loaded; it is not read. Start the run again (--overwrite)")
+
+
 def check_resumable(run: Path) -> None:
     """A clear error unless ``run`` has a checkpoint this version reads."""
     if has_checkpoint(run):
         return
-    if (run / LEGACY).is_file():
-        raise CheckpointError(f"{run / LEGACY} was written by an older dsee as a pickle, which could run code "
-                              "when loaded; it is not read. Start the run again (--overwrite)")
+    refuse_legacy(run)
     raise FileNotFoundError(f"{run}: nothing to resume (no {CHECKPOINT}/)")
 
 

@@ -20,6 +20,11 @@ Reading rules, chosen so that bad input fails loudly instead of silently trainin
   JSON Lines for such texts. CSV files use standard CSV quoting.
 * CSV and TSV files have a header line. Every line must have as many fields as the header.
   Empty lines are skipped.
+* Lines end in LF or CRLF; a file whose lines end in a bare CR (old Mac files) is refused with a
+  message saying how to convert it. A data file must be a regular file (not a FIFO or a device).
+* Integer labels are classes named by their value: ``1``, ``01`` and ``+1`` are one class, ``"1"``.
+* Regression targets must be finite and below ``REGRESSION_LIMIT`` in size (the squared errors of
+  larger ones overflow float32).
 * Every problem raises :class:`DataError` naming the file, the line and what is wrong.
 """
 
@@ -31,6 +36,7 @@ import json
 import math
 import random
 import re
+import stat
 import sys
 import zlib
 from collections.abc import Iterator, Sequence
@@ -62,6 +68,8 @@ PathLike = str | Path
 _BOM = b"\xef\xbb\xbf"
 _INT_RE = re.compile(r"[+-]?\d+")
 _MAX_LISTED = 40  # how many directory entries / columns an error message lists
+# |regression target| above this: squared errors summed over a batch overflow float32 (max 3.4e38)
+REGRESSION_LIMIT = 1e15
 
 
 class DataError(ValueError):
@@ -168,9 +176,25 @@ def _describe_dir(directory: Path) -> str:
     return f"{directory} contains: {shown}{more}"
 
 
+def _kind_of(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def require_file(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(f"file not found: {path}; {_describe_dir(path.parent)}")
+    """A clear error unless ``path`` is a regular file (a link to one is fine): missing, or a FIFO, a device,
+    a directory (which would block, never end, or fail in the middle of reading)."""
+    if path.is_file():
+        return
+    if path.exists():
+        raise DataError(f"{path} is not a regular file ({_kind_of(path)}): give a data file (CSV, TSV or "
+                        "JSON Lines) saved on disk")
+    raise DataError(f"file not found: {path}; {_describe_dir(path.parent)}")
 
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -193,7 +217,13 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                         f"{path}, line {lineno}: bytes {bad!r} at byte {err.start + 1} of the line "
                         "are not valid UTF-8; save the file as UTF-8"
                     ) from None
-                yield lineno, line.rstrip("\r\n")
+                line = line.rstrip("\r\n")
+                if lineno == 1 and "\r" in line:
+                    raise DataError(
+                        f"{path}: its lines end in a bare carriage return (CR, old Mac line endings), "
+                        "which are not read; convert them to LF, e.g. tr '\\r' '\\n' < FILE > NEW_FILE"
+                    )
+                yield lineno, line
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise DataError(f"{path}: cannot decompress this .gz file ({err})") from None
 
@@ -393,7 +423,8 @@ def _find_glue_file(spec: GlueTask, data_dir: Path, split: str) -> Path:
         folders.insert(0, data_dir)
     for folder in folders:
         for name in (f"{stem}.tsv", f"{stem}.tsv.gz"):
-            if (folder / name).is_file():
+            if (folder / name).exists():
+                require_file(folder / name)
                 return folder / name
     folder = folders[-1]
     where = _describe_dir(folder) if folder.is_dir() else _describe_dir(data_dir)
@@ -603,7 +634,17 @@ def _parse_float(text: str, path: Path, lineno: int) -> float:
         ) from None
     if not math.isfinite(value):
         raise DataError(f"{path}, line {lineno}: regression label {text!r} is not finite")
+    if abs(value) > REGRESSION_LIMIT:
+        raise DataError(
+            f"{path}, line {lineno}: regression label {text!r} is too large: beyond ±{REGRESSION_LIMIT:g} the "
+            "squared errors overflow float32; rescale the targets (e.g. divide them by a constant)"
+        )
     return value
+
+
+def _integer_name(text: str) -> str:
+    """The name of an integer label: its value, written plainly ("01", "+1" -> "1")."""
+    return str(int(text))
 
 
 def _is_number(text: str) -> bool:
@@ -653,10 +694,18 @@ def _resolve_labels(
             None,
         )
 
+    # integer labels name their class by value: "01" and "+1" are class "1", not classes of their own
+    integers = all(_INT_RE.fullmatch(x) for x in (names if label_list is not None else raw))
+    if integers:
+        raw = [_integer_name(x) if _INT_RE.fullmatch(x) else x for x in raw]
+        if label_list is not None:
+            names = [_integer_name(x) for x in names]
+            if len(set(names)) != len(names):
+                raise ValueError(f"label_list names one integer twice: {list(label_list)!r}")
     if label_list is None:
         distinct = set(raw)
-        if all(_INT_RE.fullmatch(x) for x in distinct):
-            names = sorted(distinct, key=lambda x: (int(x), x))  # "2" before "10"
+        if integers:
+            names = sorted(distinct, key=int)  # "2" before "10"
         else:
             names = sorted(distinct)
     index = {name: i for i, name in enumerate(names)}
@@ -700,6 +749,7 @@ def encode(
         raise ValueError(
             f"{dataset.source}: every example needs 1 or 2 texts, found {sorted(arity)}"
         )
+    check_max_length(tokenizer, max_length, pair=arity == {2})
     examples: list[dict[str, Any]] = []
     for start in range(0, len(dataset), batch_size):
         chunk = dataset.texts[start : start + batch_size]
@@ -712,6 +762,24 @@ def encode(
             item["labels"] = dataset.labels[start + i]
             examples.append(item)
     return examples
+
+
+def check_max_length(tokenizer: PreTrainedTokenizerBase, max_length: int, pair: bool) -> None:
+    """Refuse a ``max_length`` the tokenizer cannot truncate to.
+
+    The tokenizer adds its special tokens (BERT: [CLS] text [SEP], 2; a pair, 3) to every example and
+    truncates only the texts, keeping at least one token of each: below that it cannot honour the length
+    and returns the examples whole (with a logged error), so the run would train on full-length examples
+    while recording the short length.
+    """
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    needed = special + (2 if pair else 1)
+    if max_length < needed:
+        what = "pair of texts" if pair else "text"
+        raise ValueError(
+            f"--max-length {max_length} is below what the tokenizer can truncate to: it adds {special} special "
+            f"tokens to each {what} and keeps at least one token of each text; give --max-length {needed} or more"
+        )
 
 
 @dataclass

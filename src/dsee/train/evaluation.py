@@ -45,8 +45,13 @@ def evaluate_generation_loss(model: nn.Module, loader, accelerator) -> dict[str,
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "neg_loss": -mean}
 
 
-def evaluate(model: nn.Module, loader, accelerator, metric_kind: str) -> dict[str, float]:
-    """Dev metrics of ``model`` on ``loader`` (gathered over processes, duplicates dropped)."""
+def evaluate(model: nn.Module, loader, accelerator, metric_kind: str, details: dict | None = None) -> dict[str, float]:
+    """Dev metrics of ``model`` on ``loader`` (gathered over processes, duplicates dropped).
+
+    Non-finite outputs (a diverged model) give ``{"loss": nan}`` alone: no metric is defined on them.
+    ``details``, when given, receives ``class_counts`` for a classifier: how many examples it predicts
+    in each class (a model that predicts one class for all has counts with a single non-zero).
+    """
     if metric_kind == "generation":
         return evaluate_generation_loss(model, loader, accelerator)
     model.eval()
@@ -58,14 +63,22 @@ def evaluate(model: nn.Module, loader, accelerator, metric_kind: str) -> dict[st
             predictions.append(logits.cpu())
             labels.append(gold.cpu())
             losses.append(accelerator.gather_for_metrics(out.loss.detach().float().reshape(1)).mean().item())
-    return score_predictions(torch.cat(predictions), torch.cat(labels), losses, metric_kind)
+    return score_predictions(torch.cat(predictions), torch.cat(labels), losses, metric_kind, details)
 
 
-def score_predictions(logits: torch.Tensor, labels: torch.Tensor, losses: list[float], metric_kind: str) -> dict:
+def score_predictions(logits: torch.Tensor, labels: torch.Tensor, losses: list[float], metric_kind: str,
+                      details: dict | None = None) -> dict:
     """The task's metrics of ``logits`` (n, classes) or (n, 1) against ``labels`` (n,), and ``loss``: the
-    mean of the per-batch ``losses`` (what a run logs; ``dsee eval`` of an export computes the same)."""
+    mean of the per-batch ``losses`` (what a run logs; ``dsee eval`` of an export computes the same).
+
+    Non-finite logits give ``{"loss": nan}`` alone; ``details`` receives a classifier's ``class_counts``
+    (see ``evaluate``)."""
+    if not torch.isfinite(logits).all():
+        return {"loss": float("nan")}
     if logits.shape[-1] == 1:
         logits = logits.squeeze(-1)
+    elif details is not None:  # logits (examples, classes)
+        details["class_counts"] = torch.bincount(logits.argmax(-1), minlength=logits.shape[-1]).tolist()
     metrics = compute_metrics(metric_kind, logits.numpy(), labels.numpy())
     metrics["loss"] = float(np.mean(losses))
     return metrics

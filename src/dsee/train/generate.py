@@ -134,16 +134,24 @@ def evaluate_generation_run(run: str | Path, *, split: str = "validation", data_
 
 
 def read_sources(path: str | Path) -> list[str]:
-    """The non-empty lines of a text file, one source each."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such input file")
+    """The non-empty lines of a text file, one source each; ``-`` reads them from standard input."""
+    import sys
+
+    if str(path) == "-":
+        data, where = sys.stdin.buffer.read(), "standard input"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such input file" if not path.exists() else
+                                    f"{path}: not a regular file (give a text file, or - for standard input)")
+        data, where = path.read_bytes(), str(path)
     try:
-        sources = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise ValueError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    sources = [line.strip() for line in text.splitlines() if line.strip()]
     if not sources:
-        raise ValueError(f"{path}: the input file has no non-empty line")
+        raise ValueError(f"{where}: the input has no non-empty line")
     return sources
 
 

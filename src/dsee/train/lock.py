@@ -7,12 +7,19 @@ On POSIX the lock is ``fcntl.flock`` on ``RUN/.lock``: the kernel releases it wh
 ends, however it ends (kill -9 included), so a lock is never stale. Elsewhere the file is created
 exclusively (``O_EXCL``) and holds the owner's PID; a file whose PID no longer runs is taken over.
 The file itself stays (removing it could let two processes lock two different files).
+
+The lock file is opened without following a link (``O_NOFOLLOW``) and must be a plain file with one
+name: a link or a hard link planted as ``RUN/.lock`` would otherwise have the lock truncate and write
+a file outside the run. Any write the file system refuses (read-only, full...) is a message.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
+
+from ..files import cannot_write, refuse_link
 
 LOCK = ".lock"
 
@@ -56,12 +63,14 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if self.run.exists() and not self.run.is_dir():
             raise NotADirectoryError(f"{self.run} is a file, not a run directory")
+        refuse_link(self.path)
         self.created = not self.run.exists()
         self.created_file = not self.path.exists()
         try:
             self.run.mkdir(parents=True, exist_ok=True)
             if fcntl is not None:
-                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+                self._check_plain_file()
                 try:
                     fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -74,8 +83,28 @@ class RunLock:
             else:  # pragma: no cover - Windows
                 self._acquire_exclusive()
         except PermissionError as err:
+            self._close()
             raise PermissionError(f"cannot write to {self.run}: {err.strerror or err}") from None
+        except OSError as err:  # read-only file system, disk full, a link where the lock goes (ELOOP)...
+            self._close()
+            if err.errno == getattr(os, "ELOOP", None):
+                refuse_link(self.path)  # raced in between: still named as a link
+            raise cannot_write(err, self.run) from None
         return self
+
+    def _check_plain_file(self) -> None:
+        """The open lock file must be a regular file with no other name (a hard link would write elsewhere)."""
+        info = os.fstat(self.fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            self._close()
+            kind = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a regular file"
+            raise ValueError(f"{self.path} is {kind}; dsee does not write through files it did not make: remove it "
+                             f"(rm {self.path}) and run the command again")
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def _acquire_exclusive(self) -> None:  # pragma: no cover - Windows
         while True:

@@ -21,13 +21,19 @@ sharding (``pipeline.apply_memory_settings``). AdamW, linear schedule
 with warm-up, gradient accumulation and clipping; evaluation every K steps and/or per epoch; the
 best dev checkpoint by the task's main metric is kept (``save_best``); the latest state is
 checkpointed (``checkpoint.py``) so that an interrupted run resumes where it stopped.
+
+Divergence: a non-finite training loss (checked before its backward pass, agreed by every process)
+or dev loss stops the run with ``Diverged``; nothing from that step is kept or checkpointed, so the
+last checkpoint stays the last finite state. A loss that grows by an order of magnitude over the
+run's first one (``LOSS_GROWTH``) is warned about, in the log and in metrics.json. A classifier
+whose kept model predicts one class for the whole dev set is reported as such (``degenerate``).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import signal
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -43,6 +49,7 @@ from ..adapters.io import save_adapter
 from ..models import resolve_model
 from .checkpoint import (Progress, gather_checkpoint, has_checkpoint, read_checkpoint, restore_model,
                          restore_training, write_checkpoint)
+from .launch import is_main_process, launch_environment, world_size
 from .lock import RunLock
 from .sharding import full_model_state, full_tensors, is_sharded, reshard, shard_model
 from .evaluation import evaluate, evaluate_run, make_eval_loaders, score_of  # noqa: F401 (evaluate_run re-exported)
@@ -62,8 +69,25 @@ from .run import (
 )
 
 
+# a training or dev loss this many times the run's first training loss is warned about (an order of magnitude)
+LOSS_GROWTH = 10.0
+
+
 class Interrupted(Exception):
     """Raised by ``train(..., interrupt_after=K)``: a stand-in for a killed run, used by tests."""
+
+
+class Diverged(RuntimeError):
+    """The training or dev loss became NaN or infinite: the run stops, keeping its last finite checkpoint."""
+
+    def __init__(self, run: Path, step: int, what: str, value: float, lr: float, checkpoint_step: int | None) -> None:
+        if checkpoint_step is None:
+            where = "no checkpoint was written yet: start again with a lower --lr (--overwrite)"
+        else:
+            where = (f"the last checkpoint (step {checkpoint_step}) is kept, but the same settings will diverge "
+                     "there again: start again with a lower --lr (--overwrite)")
+        super().__init__(f"training diverged at step {step}: the {what} is {value} (learning rate {lr:g}); {where}")
+        self.run, self.step = run, step
 
 
 class Stopped(KeyboardInterrupt):
@@ -79,7 +103,9 @@ def seed_step(seed: int, epoch: int, micro_batch: int) -> None:
     torch.manual_seed(zlib.crc32(f"{seed}:{epoch}:{micro_batch}".encode()))
 
 
-def make_accelerator(config: RunConfig):
+def make_accelerator(config: RunConfig, check_precision: bool = False):
+    """Accelerate's ``Accelerator`` for ``config``; ``check_precision``: refuse a ``--mixed-precision`` that
+    this machine does not run (Accelerate would turn it off and train in fp32, the run recording fp16)."""
     from accelerate import Accelerator
 
     precision = config.mixed_precision
@@ -87,7 +113,7 @@ def make_accelerator(config: RunConfig):
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     # Under torchrun on a machine without GPUs, Accelerate runs distributed (gloo) only when told
     # it is on CPU: what `accelerate launch --cpu` would say.
-    cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu_only = not torch.cuda.is_available() and world_size() > 1
     # Accelerate keeps one mixed-precision setting per process and refuses another; a second
     # train() in the same process (a notebook, a script looping over settings) may ask for one.
     # Reset only that part: the distributed state (PartialState) stays as it is.
@@ -95,7 +121,12 @@ def make_accelerator(config: RunConfig):
 
     if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != precision:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=precision, cpu=cpu_only)
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=precision, cpu=cpu_only)
+    if check_precision and precision != "no" and not accelerator.native_amp:
+        raise ValueError(f"--mixed-precision {precision} does not run on {accelerator.device.type} (Accelerate would "
+                         "train in fp32 while the run records it): use --mixed-precision no (or auto)"
+                         + (", or bf16" if precision == "fp16" and accelerator.device.type == "cpu" else ""))
+    return accelerator
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -127,8 +158,6 @@ class Session:
     wall_start: float
     progress: Progress = field(default_factory=Progress)
     bar: Any = None
-    running_loss: float = 0.0
-    running_count: int = 0
     stop_requested: bool = False  # set by the first Ctrl-C
     pruner: Any = None  # a GradualPruner for ``dsee prune --schedule gradual``
     teacher: Any = None  # a distill.Teacher for ``dsee prune --distill``
@@ -146,7 +175,7 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config, check_precision=not resume)
     if accelerator.distributed_type == "FSDP":  # accelerate launch --use_fsdp, or an fsdp_config
         raise ValueError("Accelerate's own FSDP is configured (--use_fsdp or an fsdp_config in the accelerate "
                          "config); dsee shards the model itself: launch without it and pass --fsdp to dsee")
@@ -158,6 +187,7 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     model_path = resolve_model(config.model)
     data = load_task_data(config)
     tokenizer = load_tokenizer(model_path)
+    data.check_max_length(tokenizer, config)
     model = build_model(config, data, model_path, tokenizer)
     count = count_parameters(model)
     saved = read_checkpoint(run) if resume and has_checkpoint(run) else None
@@ -168,8 +198,11 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     if config.fsdp:
         shard_model(model, accelerator.mixed_precision)
     if accelerator.is_main_process:
-        if not resume:
-            create_run_directory(config, overwrite)
+        if not resume or saved is None:  # a run stopped before its first checkpoint starts again, as it was set
+            if resume:
+                tqdm_write(f"{run}: no checkpoint yet: starting the run again from the beginning, with its saved "
+                           "settings")
+            create_run_directory(config, overwrite or resume)
         data.labels.save(run)
     accelerator.wait_for_everyone()
 
@@ -225,11 +258,11 @@ def facts_before_sharding(model: nn.Module, config: RunConfig) -> dict[str, Any]
     whole weights here rather than gathered at the end).
     """
     from ..adapters.inject import is_adapted
-    from ..adapters.io import base_fingerprint
+    from ..adapters.io import base_fingerprints
 
     facts: dict[str, Any] = {}
     if is_adapted(model):
-        facts["fingerprint"] = base_fingerprint(model)
+        facts["fingerprint"] = base_fingerprints(model)
     if config.fsdp:
         facts["masks"] = prune_masks(model, config)
         facts["figures"] = model_figures(model, config)
@@ -289,6 +322,7 @@ def checkpoint(s: Session) -> None:
     if sharded or s.main:
         masks = s.before_sharding.get("masks") if sharded else prune_masks(s.unwrapped, s.config)
         gathered = gather_checkpoint(s.unwrapped, s.optimizer, masks, s.main)
+        s.progress.checkpoint_step = s.progress.step  # saved with it: the step the checkpoint holds
         if s.main:
             write_checkpoint(s.run, gathered, s.scheduler, s.progress)
     if s.accelerator.num_processes > 1:
@@ -327,16 +361,44 @@ def save_best(s: Session) -> None:
             save_adapter(s.unwrapped, tmp, tensors=tensors, fingerprint=fingerprint)
 
 
-def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None) -> None:
-    """Evaluate every split, keep the model if the selection split's main metric improved, log, checkpoint."""
+def tqdm_write(text: str, file=None) -> None:
+    """A line on the terminal (stdout, or ``file``) that leaves a progress bar intact."""
     from tqdm.auto import tqdm
 
+    tqdm.write(text, file=file)
+
+
+def watch_loss_growth(s: Session, losses: dict[str, float | None]) -> None:
+    """Warn (once per kind, in the log and in metrics.json) about a loss grown ``LOSS_GROWTH``-fold over the
+    run's first training loss: a learning rate far too high, short of a NaN."""
+    first = s.progress.first_loss
+    if not first or first <= 0:
+        return
+    for what, value in losses.items():
+        if value is None or value <= LOSS_GROWTH * first or any(what in w for w in s.progress.warnings):
+            continue
+        message = (f"the {what} grew to {value:.4g} at step {s.progress.step}, {value / first:.0f} times the first "
+                   f"training loss ({first:.4g}): the run is diverging; try a lower --lr (it is "
+                   f"{s.config.learning_rate:g})")
+        s.progress.warnings.append(message)
+        if s.main:
+            tqdm_write(f"warning: {message}", file=sys.stderr)
+
+
+def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None) -> None:
+    """Evaluate every split, keep the model if the selection split's main metric improved, log, checkpoint."""
     data, progress = s.data, s.progress
-    results = {name: evaluate(s.model, loader, s.accelerator, data.metric_kind)
+    details: dict[str, dict] = {name: {} for name in s.eval_loaders}
+    results = {name: evaluate(s.model, loader, s.accelerator, data.metric_kind, details=details[name])
                for name, loader in s.eval_loaders.items()}
     if is_sharded(s.unwrapped):  # FSDP2 keeps the root unit gathered after a forward pass: free it
         reshard(s.unwrapped)
     s.model.train()
+    for name, metrics in results.items():  # before anything is kept or checkpointed
+        if not math.isfinite(metrics.get("loss", 0.0)):
+            raise Diverged(s.run, progress.step, f"{name} loss", metrics["loss"], s.config.learning_rate,
+                           progress.checkpoint_step)
+    watch_loss_growth(s, {"training loss": train_loss, **{f"{n} loss": m.get("loss") for n, m in results.items()}})
     selection = results[data.selection_split]
     progress.last_eval_step = progress.step
     selectable = s.pruner is None or s.pruner.selectable(progress.step)  # at the target sparsity
@@ -346,12 +408,13 @@ def evaluate_and_select(s: Session, epoch_float: float, train_loss: float | None
         progress.best_score = score_of(selection, data.main_metric)
         progress.best_step = progress.step
         progress.best_metrics = results
+        progress.best_class_counts = details[data.selection_split].get("class_counts")
         save_best(s)
     if s.main:
         append_eval_log(s.run, {"step": progress.step, "epoch": round(epoch_float, 4), "train_loss": train_loss,
                                 "dev": results, "best": improved})
         summary = ", ".join(f"{k}={v:.4f}" for k, v in selection.items())
-        tqdm.write(f"step {progress.step} epoch {epoch_float:.2f}: {data.selection_split} {summary}"
+        tqdm_write(f"step {progress.step} epoch {epoch_float:.2f}: {data.selection_split} {summary}"
                    + ("  (best)" if improved else ""))
     checkpoint(s)
 
@@ -367,16 +430,29 @@ def epoch_loader(s: Session) -> DataLoader:
 
 
 def optimizer_step(s: Session, batch: dict) -> float:
-    """Forward, backward and (at the end of an accumulation) clip and step: the micro-batch's loss."""
+    """Forward, backward and (at the end of an accumulation) clip and step: the micro-batch's loss.
+
+    A non-finite loss raises ``Diverged`` before its backward pass, on every process alike."""
     config = s.config
     with s.accelerator.accumulate(s.model):
         loss = training_loss(s.model, batch, s.data, config, s.teacher)
+        check_finite_loss(s, loss)
         s.accelerator.backward(loss)
         if s.accelerator.sync_gradients and config.max_grad_norm:
             s.accelerator.clip_grad_norm_(s.trainable, config.max_grad_norm)
         s.optimizer.step()
         s.optimizer.zero_grad()
     return loss.item()
+
+
+def check_finite_loss(s: Session, loss: torch.Tensor) -> None:
+    """``Diverged`` if this micro-batch's loss is NaN or infinite on any process (all stop at the same point)."""
+    bad = torch.logical_not(torch.isfinite(loss.detach())).float().reshape(())
+    if s.accelerator.num_processes > 1:
+        bad = s.accelerator.reduce(bad.to(s.accelerator.device), "max")
+    if bad.item():
+        raise Diverged(s.run, s.progress.step + 1, "training loss", loss.item(), s.config.learning_rate,
+                       s.progress.checkpoint_step)
 
 
 def stop_requested(s: Session) -> bool:
@@ -394,10 +470,12 @@ def run_epoch(s: Session, interrupt_after: int | None) -> None:
     for batch in epoch_loader(s):
         seed_step(config.seed, progress.epoch, progress.batches_in_epoch)
         loss = optimizer_step(s, batch)
+        if progress.first_loss is None:
+            progress.first_loss = loss
         progress.batches_in_epoch += 1
         progress.examples_seen += len(batch["labels"]) * s.accelerator.num_processes
-        s.running_loss += loss
-        s.running_count += 1
+        progress.running_loss += loss
+        progress.running_count += 1
         if not s.accelerator.sync_gradients:
             continue
         s.scheduler.step()
@@ -410,11 +488,11 @@ def run_epoch(s: Session, interrupt_after: int | None) -> None:
             progress.teacher_seconds += s.teacher.pop_seconds()
         tick = now
         s.bar.update(1)
-        s.bar.set_postfix(loss=f"{s.running_loss / s.running_count:.4f}",
+        s.bar.set_postfix(loss=f"{progress.running_loss / progress.running_count:.4f}",
                           ex_s=f"{progress.examples_seen / max(progress.train_seconds, 1e-9):.1f}")
         epoch_float = progress.epoch + progress.batches_in_epoch / max(s.per_process, 1)
         if config.eval_steps and progress.step % config.eval_steps == 0:
-            evaluate_and_select(s, epoch_float, s.running_loss / s.running_count)
+            evaluate_and_select(s, epoch_float, progress.running_loss / progress.running_count)
             tick = time.perf_counter()
         elif interrupt_after is not None and progress.step >= interrupt_after:
             checkpoint(s)
@@ -429,9 +507,11 @@ def run_epoch(s: Session, interrupt_after: int | None) -> None:
     # the epoch's data is used up, or the planned number of steps is reached
     progress.epoch += 1
     progress.batches_in_epoch = 0
+    # the epoch's mean loss; the sums restart before the checkpoint below, as a run resumed from it restarts them
+    train_loss = progress.running_loss / max(progress.running_count, 1)
+    progress.running_loss, progress.running_count = 0.0, 0
     if (config.eval_per_epoch or progress.step >= s.total_steps) and progress.last_eval_step != progress.step:
-        evaluate_and_select(s, float(progress.epoch), s.running_loss / max(s.running_count, 1))
-    s.running_loss, s.running_count = 0.0, 0
+        evaluate_and_select(s, float(progress.epoch), train_loss)
 
 
 def finish(s: Session) -> dict[str, Any]:
@@ -462,6 +542,12 @@ def finish(s: Session) -> dict[str, Any]:
         metrics["teacher_seconds"] = round(progress.teacher_seconds, 2)
     if data.task_type == "generation":
         metrics["truncated_sources"] = data.truncated_sources  # train and dev rows whose source was cut
+    if data.task_type == "classification" and progress.best_class_counts is not None:
+        metrics["predicted_classes"] = dict(zip(data.label_list, progress.best_class_counts))
+        metrics["degenerate"] = degenerate_report(progress.best_class_counts, data.label_list, data.main_metric,
+                                                  diverging=bool(progress.warnings))
+    if progress.warnings:
+        metrics["warnings"] = list(progress.warnings)
     # a sharded model's figures were read before sharding (``facts_before_sharding``)
     metrics.update(s.before_sharding["figures"] if is_sharded(s.unwrapped) else model_figures(s.unwrapped, config))
     if s.main:
@@ -471,10 +557,35 @@ def finish(s: Session) -> dict[str, Any]:
     return metrics
 
 
+def degenerate_report(class_counts: list[int], label_list: list[str], main_metric: str,
+                      diverging: bool = False) -> dict[str, Any] | None:
+    """None, or what to say when the kept model predicts a single class for the whole dev set: its score is that of
+    a constant answer (a Matthews correlation of 0, an accuracy equal to that class's share), not of a classifier."""
+    predicted = [i for i, n in enumerate(class_counts) if n]
+    if len(predicted) != 1:
+        return None
+    return {
+        "predicted_class": label_list[predicted[0]],
+        "dev_examples": int(sum(class_counts)),
+        "message": (f"the kept model predicts '{label_list[predicted[0]]}' for every one of the {sum(class_counts):,} "
+                    f"dev examples: its {main_metric} is that of a constant answer, not of a classifier"),
+        "try": "a lower --lr: the loss grew during the run (see the warnings)" if diverging else DEGENERATE_ADVICE,
+    }
+
+
+# what to try when a classifier ends predicting one class (benchmarks/README.md, "CoLA with the defaults")
+DEGENERATE_ADVICE = ("train longer (--epochs) or at a higher --lr; if the base model is a sentence-embedding checkpoint, "
+                     "its [CLS] output may carry little of the task: a model pre-trained as a classifier or language "
+                     "model, or --method full, learns it sooner")
+
+
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, interrupt_after: int | None = None,
           show_progress: bool = True, return_model: bool = False):
     """Run (or resume) a training run; returns the final metrics (also in RUN/metrics.json), and
     with ``return_model`` also this process's model as it ended training (not the kept one)."""
+    launch_environment()  # a partial launcher environment (a stray RANK) is refused before anything
+    if not resume:
+        config.check_settings_apply()
     if not show_progress:  # transformers' own bars (loading weights) too
         from transformers.utils import logging as hf_logging
 
@@ -514,7 +625,7 @@ def _train(s: Session, interrupt_after: int | None, show_progress: bool) -> dict
 
 def _lock_run(out: str) -> RunLock | None:
     """The run directory's lock, taken by the main process before anything else (RUN created if needed)."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return None
     return RunLock(out).acquire()
 

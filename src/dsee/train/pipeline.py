@@ -11,9 +11,9 @@ from torch import nn
 from ..adapters.support import support_method
 from ..adapters.inject import add_dsee
 from ..adapters.io import load_adapter
-from ..files import existing_directory
+from ..files import existing_directory, read_directory
 from ..models import load_sequence_classifier, resolve_model
-from .data import Collator, TextDataset, encode, load_glue, load_table
+from .data import Collator, TextDataset, check_max_length, encode, load_glue, load_table
 from .metrics import main_metric
 from .run import ADAPTER_DIR, MODEL_DIR, RunConfig, RunLabels, load_run_config
 from .tasks import get_task
@@ -64,6 +64,16 @@ class TaskData:
     def selection_split(self) -> str:
         return next(iter(self.evals))
 
+    def check_max_length(self, tokenizer, config: RunConfig) -> None:
+        """Refuse a ``max_length`` the tokenizer cannot truncate these examples to (before anything is written)."""
+        if self.task_type == "generation":
+            from .textgen import check_causal_length
+
+            check_causal_length(tokenizer, config.max_length)
+            return
+        split = self.train if self.train is not None else next(iter(self.evals.values()))
+        check_max_length(tokenizer, config.max_length, pair=split.is_pair)
+
 
 def load_task_data(config: RunConfig, with_train: bool = True) -> TaskData:
     """Read the run's data. Evaluation splits come first-selecting: MNLI matched, then mismatched."""
@@ -112,6 +122,16 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
+def check_vocabulary(model: nn.Module, tokenizer, model_path: str) -> None:
+    """Refuse a model whose input embedding has fewer rows than its tokenizer has tokens: the ids it would be
+    given beyond its table index nothing (an IndexError in the middle of training)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and rows < len(tokenizer):
+        raise ValueError(f"{model_path}: the model's vocabulary has {rows:,} rows but its tokenizer has {len(tokenizer):,} "
+                         "tokens: they do not belong together; give a model and tokenizer from the same checkpoint")
+
+
 def base_model(model_path: str, labels: RunLabels | TaskData, tokenizer=None) -> nn.Module:
     """The model for this task before any method is applied: a classifier for its labels, or a causal LM.
 
@@ -123,6 +143,8 @@ def base_model(model_path: str, labels: RunLabels | TaskData, tokenizer=None) ->
         from ..models import load_causal_lm
 
         model = load_causal_lm(model_path)
+        if tokenizer is not None:
+            check_vocabulary(model, tokenizer, model_path)
         if tokenizer is not None and tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
         return model
@@ -131,6 +153,8 @@ def base_model(model_path: str, labels: RunLabels | TaskData, tokenizer=None) ->
         kwargs["id2label"] = dict(enumerate(labels.label_list))
         kwargs["label2id"] = {label: i for i, label in enumerate(labels.label_list)}
     model = load_sequence_classifier(model_path, num_labels=labels.num_labels, **kwargs)
+    if tokenizer is not None:
+        check_vocabulary(model, tokenizer, model_path)
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -251,20 +275,27 @@ def load_trained_model(run: str | Path, config: RunConfig | None = None, labels:
     run = Path(run)
     config = config or load_run_config(run)
     name = MODEL_DIR if config.prune is not None or config.method == "full" else ADAPTER_DIR
-    saved = existing_directory(run / name)  # whole, even if a crash or a live writer is mid-swap
-    if saved is None:
+    if existing_directory(run / name) is None:
         raise FileNotFoundError(f"{run}: no kept checkpoint yet ({name}/)")
+    # read_directory: a whole directory, even if a crash or a live writer is mid-swap (files.read_directory)
     if config.prune is not None:
         from ..sparsity.export import load_pretrained
 
-        return _as_trained(load_pretrained(saved), config)
+        return _as_trained(_read_kept(run / name, load_pretrained), config)
     labels = labels if labels is not None else RunLabels.load(run)
     if tokenizer is None:
         tokenizer = load_tokenizer(resolve_model(config.model))
     if config.method == "full":
-        return base_model(str(saved), labels, tokenizer).eval()
+        return _read_kept(run / name, lambda saved: base_model(str(saved), labels, tokenizer)).eval()
     model = base_model(resolve_model(config.model), labels, tokenizer)
-    return _as_trained(load_adapter(model, saved), config).eval()
+    return _as_trained(_read_kept(run / name, lambda saved: load_adapter(model, saved)), config).eval()
+
+
+def _read_kept(path: Path, read):
+    found = read_directory(path, read)
+    if found is None:
+        raise FileNotFoundError(f"{path.parent}: no kept checkpoint ({path.name}/)")
+    return found
 
 
 def _as_trained(model: nn.Module, config: RunConfig) -> nn.Module:

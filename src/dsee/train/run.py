@@ -7,10 +7,11 @@
       model/              the best dev checkpoint's full model (full fine-tuning)
       eval_log.jsonl      one line per evaluation: step, epoch, split, metrics, train loss
       metrics.json        final dev metrics of the kept checkpoint, parameters, wall time
-      checkpoint.pt       the latest training state, for --resume
+      checkpoint/         the latest training state, for --resume (checkpoint.py)
 
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
-half-written file behind; a directory (adapter/, model/) is swapped in whole.
+half-written file behind; a directory (adapter/, model/) is swapped in whole. dsee makes no links
+in a run directory, so a link found there is refused, never written through (``check_no_links``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_directory, atomic_write_text  # noqa: F401 (atomic_directory re-exported)
+from ..files import atomic_directory, atomic_write_text, refuse_link  # noqa: F401 (atomic_directory re-exported)
+from .checkpoint import refuse_legacy
 from .lock import LOCK
 from .settings import DEFAULT_LR, METHODS, RunConfig  # noqa: F401 (re-exported)
 
@@ -31,7 +33,6 @@ RUN_CONFIG = "run_config.json"
 LABELS = "labels.json"
 METRICS = "metrics.json"
 EVAL_LOG = "eval_log.jsonl"
-CHECKPOINT = "checkpoint"  # a directory (train/checkpoint.py)
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 
@@ -85,14 +86,20 @@ def check_out_apart(source: str | Path, out: str | Path) -> None:
                          "holding it): choose another --out")
 
 
+def check_no_links(run: Path) -> None:
+    """Refuse a run directory holding a symbolic link: dsee makes none, and would write or delete through it."""
+    if run.is_dir():
+        for entry in sorted(run.iterdir()):
+            refuse_link(entry)
+
+
 def resolve_run(config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
     """Check RUN before anything is written: the saved config of a run to resume, or ``config``.
 
     A new run refuses a non-empty directory unless ``overwrite``, and ``overwrite`` only ever
-    replaces a dsee run directory; ``resume`` takes the saved configuration and needs a checkpoint.
+    replaces a dsee run directory; ``resume`` takes the saved configuration. A run stopped before
+    its first checkpoint resumes from the start, with its saved settings.
     """
-    from .checkpoint import check_resumable
-
     run = Path(config.out)
     if run.exists() and not run.is_dir():
         raise NotADirectoryError(f"--out {run} is a file, not a run directory")
@@ -100,12 +107,14 @@ def resolve_run(config: RunConfig, resume: bool, overwrite: bool) -> RunConfig:
         check_out_apart(config.prune["source"], run)
     if resume:
         saved = load_run_config(run)
-        check_resumable(run)
+        check_no_links(run)
+        refuse_legacy(run)  # no checkpoint at all: the run starts again from the beginning (loop.set_up)
         saved.out = config.out
         return saved
     busy = run.is_dir() and any(p.name != LOCK for p in run.iterdir())
     if busy and not overwrite:
-        raise FileExistsError(f"{run} exists and is not empty: use --resume to continue it or --overwrite")
+        raise FileExistsError(f"{run} exists and is not empty: use --resume to continue it (with its saved settings) "
+                              "or --overwrite to start it again")
     if busy and not is_run_directory(run):
         raise ValueError(f"{run} is not a dsee run directory (no {RUN_CONFIG}): --overwrite only replaces runs, "
                          "choose another --out")
@@ -128,7 +137,10 @@ def create_run_directory(config: RunConfig, overwrite: bool) -> None:
 
 
 def append_eval_log(run: Path, record: dict[str, Any]) -> None:
-    with open(run / EVAL_LOG, "a") as f:
+    """One line more in eval_log.jsonl (opened without following a link: module doc)."""
+    refuse_link(run / EVAL_LOG)
+    fd = os.open(run / EVAL_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with os.fdopen(fd, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())

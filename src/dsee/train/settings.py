@@ -17,6 +17,7 @@ from ..adapters.config import DSEEConfig, dataclass_from_dict
 from ..options import option
 from ..sparsity.importance import HEAD_SCORES, NEURON_SCORES
 from ..sparsity.unstructured import SCOPES, SCORES, default_scope, parse_pattern
+from .tasks import get_task
 
 METHODS = ("dsee", "lora", "full")
 # adapters: the rate the GLUE search chose on 4 of 5 tasks (all-MiniLM-L6-v2, r = 16, α = 32, batch 32);
@@ -203,6 +204,36 @@ class RunConfig:
     def is_generation(self) -> bool:
         return self.task == "e2e" or self.source_column is not None
 
+    def check_settings_apply(self) -> None:
+        """Refuse a setting this run would record but never use (a new run's settings; a saved run loads as it is).
+
+        A GLUE or E2E task brings its own files, columns and task type; the text-generation settings apply to
+        generation only, the classification ones not to it.
+        """
+        unused: list[str] = []
+        if self.task is not None:
+            task_type = "generation" if self.task == "e2e" else get_task(self.task).task_type
+            unused += [f"{_flag(name)} is read with --train-file only: {self.task} brings its own files and columns"
+                       for name in ("validation_file", "text_columns", "label_column", "source_column",
+                                    "target_column") if getattr(self, name) is not None]
+            if self.task_type is not None and self.task_type != task_type:
+                unused.append(f"--task-type {self.task_type}: {self.task} is a {task_type} task")
+        elif self.data_dir is not None:
+            unused.append("--data-dir is where a --task's files are read: your own files are --train-file and "
+                          "--validation-file")
+        if self.is_generation:
+            unused += [f"{_flag(name)} is for classification and regression, not text generation"
+                       for name in ("text_columns", "label_column", "task_type")
+                       if getattr(self, name) is not None and self.task is None]
+        else:
+            if self.label_smoothing:
+                unused.append("--label-smoothing applies to the target tokens of text generation (--task e2e or "
+                              "--source-column/--target-column), not to this classification or regression run")
+            if self.max_source_tokens is not None:
+                unused.append("--max-source-tokens applies to text generation only")
+        if unused:
+            raise ValueError("; ".join(unused) + ": drop what does not apply")
+
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
@@ -216,6 +247,10 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         return dataclass_from_dict(cls, data)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 UNSTRUCTURED = "unstructured (masks on the blocks' linear weights)"

@@ -17,7 +17,6 @@ process of a distributed run chooses the same Ω.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 from torch import nn
@@ -25,6 +24,7 @@ from torch import nn
 from ..adapters.calibration import squared_gradients
 from ..adapters.config import DSEEConfig
 from ..adapters.inject import add_dsee, dsee_layers, remove_dsee
+from .launch import is_main_process
 from .losses import training_loss
 
 
@@ -52,7 +52,7 @@ def _progress(batches: list[dict], desc: str):
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
-    shown = hf_logging.is_progress_bar_enabled() and int(os.environ.get("RANK", "0")) == 0
+    shown = hf_logging.is_progress_bar_enabled() and is_main_process()
     return tqdm(batches, desc=desc, unit="batch", disable=not shown, leave=False, dynamic_ncols=True)
 
 

@@ -111,6 +111,17 @@ def prompt_ids(tokenizer, source: str, max_source_tokens: int) -> tuple[list[int
     return bos + ids[:max_source_tokens] + end, truncated
 
 
+def check_causal_length(tokenizer, max_length: int) -> None:
+    """Refuse a ``max_length`` that cannot hold the prompt's fixed tokens, one source token, one target token
+    and the end token: below it every example would exceed the length the run records."""
+    fixed = len(prompt_ids(tokenizer, "", 0)[0])  # a leading bos, if any, and PROMPT_END
+    needed = fixed + 3
+    if max_length < needed:
+        raise ValueError(f"--max-length {max_length} cannot hold a generation example: the prompt's own {fixed} "
+                         f"tokens, a source token, a target token and the end token; give --max-length {needed} "
+                         "or more")
+
+
 @dataclass
 class EncodedPairs:
     examples: list[dict[str, Any]]
@@ -125,6 +136,7 @@ def encode_causal(pairs: TextPairs, tokenizer, max_length: int, max_source_token
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no end-of-sequence token: generation needs one")
+    check_causal_length(tokenizer, max_length)
     budget = max_source_tokens or max_length // 2
     examples, truncated = [], 0
     for src, tgt in zip(pairs.sources, pairs.targets):
