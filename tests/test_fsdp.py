@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import subprocess
@@ -119,17 +120,26 @@ def runs(tmp_path_factory, tiny_model_dir, csv_data, decoder):
                                  base_dtype="bf16"),
     }
     cut = dataclasses.replace(configs["dsee"], out=str(base / "cut"))
+    full_cut = dataclasses.replace(configs["full"], out=str(base / "full-cut"))
     prune = ["prune", str(base / "dsee"), "--out", str(base / "pruned"), "--sparsity", "0.5", "--retune-epochs",
              "1", "--fsdp", "--no-progress"]
     # FSDP's own mixed precision (bf16 compute and all-gathers, fp32 reduction): no unsharded twin computes
     # the same, so it is checked on its own
     mixed = _classifier(base / "mixed", tiny_model_dir, csv_data, fsdp=True, mixed_precision="bf16")
+    # RoSA's gradient Ω after a LoRA warm-up, from the sharded model: every process runs the same calibration
+    # batches of --batch-size, so its one-process twin keeps the batch size (its training then differs)
+    gradient = _classifier(base / "gradient", tiny_model_dir, csv_data, fsdp=True, epochs=0.25, support_batches=2,
+                           support_warmup_steps=2, adapter={"rank": 4, "num_sparse": 8, "sparse_method": "gradient"})
+    probe = _generator(base / "probe-run", decoder, fsdp=True, base_dtype="bf16")
+    (base / "probe").mkdir()
     jobs = [{"config": configs["dsee"].to_dict()},
             {"config": cut.to_dict(), "interrupt_after": 3},
             {"config": cut.to_dict(), "resume": True},
             {"cli": prune},
             *({"config": configs[k].to_dict()} for k in ("lora", "full", "accumulated", "generation")),
-            {"config": mixed.to_dict()}]
+            {"config": mixed.to_dict()}, {"config": gradient.to_dict()},
+            {"config": full_cut.to_dict(), "interrupt_after": 3}, {"config": full_cut.to_dict(), "resume": True},
+            {"probe": probe.to_dict(), "out": str(base / "probe")}]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
@@ -137,11 +147,14 @@ def runs(tmp_path_factory, tiny_model_dir, csv_data, decoder):
          str(ROOT / "tests" / "fsdp_worker.py"), json.dumps(jobs)],
         capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, _first_traceback(proc.stderr)
-    out = {name: base / name for name in (*configs, "cut", "pruned", "mixed")}
+    out = {name: base / name for name in (*configs, "cut", "full-cut", "pruned", "mixed", "gradient", "probe")}
+    out["probe-config"] = probe
     # the unsharded twins, in this process
     for name, config in configs.items():
         train(_unsharded(config, base / f"{name}-1"), show_progress=False)
         out[f"{name}-1"] = base / f"{name}-1"
+    train(dataclasses.replace(gradient, out=str(base / "gradient-1"), fsdp=False), show_progress=False)
+    out["gradient-1"] = base / "gradient-1"
     source = RunConfig.from_dict(json.loads((base / "pruned" / "run_config.json").read_text()))
     train(_unsharded(source, base / "pruned-1"), show_progress=False)
     out["pruned-1"] = base / "pruned-1"
@@ -203,16 +216,20 @@ def test_sharded_adapters_equal_one_process_with_the_same_global_batch(runs, nam
     assert ma["dev"]["validation"]["accuracy"] == mb["dev"]["validation"]["accuracy"]
 
 
-def test_sharded_resume_continues_bitwise(runs):
-    uninterrupted, resumed = runs["dsee"], runs["cut"]
+@pytest.mark.parametrize("name", ["dsee", "full"])
+def test_sharded_resume_continues_bitwise(runs, name):
+    """Adapters (restored before sharding) and full fine-tuning (every weight a trained tensor: each process
+    copies its rows of the checkpoint's tensors into its shards after loading)."""
+    uninterrupted, resumed = runs[name], runs["cut" if name == "dsee" else "full-cut"]
     (ta, sa), (tb, sb) = read_checkpoint(uninterrupted), read_checkpoint(resumed)
     assert ta.keys() == tb.keys()
     for key in ta:
         assert torch.equal(ta[key], tb[key]), key
     assert sa["progress"]["step"] == sb["progress"]["step"] == 8
     assert [r["dev"] for r in read_eval_log(uninterrupted)] == [r["dev"] for r in read_eval_log(resumed)]
-    _, a = _tensors(uninterrupted / "adapter" / "adapter_model.safetensors")
-    _, b = _tensors(resumed / "adapter" / "adapter_model.safetensors")
+    kept = "adapter/adapter_model.safetensors" if name == "dsee" else "model/model.safetensors"
+    _, a = _tensors(uninterrupted / kept)
+    _, b = _tensors(resumed / kept)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -273,3 +290,39 @@ def test_sharded_mixed_precision_trains_fp32_adapters(runs):
     assert b_keys and all(adapter[k].abs().max() > 0 for k in b_keys)  # trained from B = 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["dev"]["validation"]["accuracy"] <= 1.0 and metrics["world_size"] == 2
+
+
+def test_sharded_gradient_support_is_the_one_process_support(runs):
+    """Each process accumulates Σ(∂L/∂W0)² for its own rows and proposes its N best; the N best proposals are Ω:
+    the same Ω as one process ranking whole statistics (after the same LoRA warm-up)."""
+    (sharded, _), (single, _) = read_checkpoint(runs["gradient"]), read_checkpoint(runs["gradient-1"])
+    supports = [k for k in sharded if k.endswith("sparse_indices")]
+    assert len(supports) == 4
+    for key in supports:
+        assert torch.equal(sharded[key], single[key]), key
+        assert sharded[key].unique().numel() == 8
+
+
+def test_sharded_loading_reads_only_each_process_rows(runs, decoder):
+    """``dsee train --fsdp --base-dtype bf16`` builds its model without ``from_pretrained`` (nothing loads
+    the whole model): every parameter is materialised, each process holds its rows of each sharded one
+    (half of each tensor, the two halves the whole), and Ω and the fingerprint are those of one process
+    adapting the whole fp32 model."""
+    import transformers as T
+
+    from dsee.adapters.inject import add_dsee, dsee_layers
+    from dsee.adapters.io import base_fingerprint
+
+    ranks = [json.loads((runs["probe"] / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for report in ranks:
+        assert report["meta"] == []
+    for name, shape in ranks[0]["shape"].items():
+        held, rows = [report["held"][name] for report in ranks], shape[0]
+        # FSDP2's row shards: ⌈rows/2⌉ rows and the rest
+        assert sum(held) == math.prod(shape) and max(held) == -(-rows // 2) * math.prod(shape[1:]), name
+    model = T.AutoModelForCausalLM.from_pretrained(decoder["model"], dtype=torch.float32)
+    add_dsee(model, runs["probe-config"].dsee_config())
+    expected = {f"{n}.{layer.delta_name(s)}": d.sparse_indices.tolist()
+                for n, layer in dsee_layers(model) for s, d, _ in layer.deltas()}
+    assert ranks[0]["supports"] == ranks[1]["supports"] == expected
+    assert ranks[0]["fingerprint"] == base_fingerprint(model)

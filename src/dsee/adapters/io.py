@@ -33,10 +33,16 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, 
 
 def base_fingerprint(model: nn.Module) -> str:
     """A hash of the frozen weights the adapters sit on (Ω was chosen from them)."""
+    return fingerprint_of((name, linear_weight(layer.base_layer)) for name, layer in dsee_layers(model))
+
+
+def fingerprint_of(weights) -> str:
+    """``base_fingerprint`` of ``(adapted module name, W0 as (d_out, d_in))`` pairs in the model's order:
+    the weights may come one at a time (a model read tensor by tensor)."""
     digest = hashlib.sha256()
-    for name, layer in dsee_layers(model):
+    for name, weight in weights:
         digest.update(name.encode())
-        digest.update(linear_weight(layer.base_layer).detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(weight.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
