@@ -173,7 +173,9 @@ def _statistics(model, pieces, score, statistics, batches) -> dict:
     if "input_norms" in missing:
         from ..adapters.calibration import input_norms
 
-        statistics["input_norms"] = input_norms(model, list(dict.fromkeys(p.module_name for p in pieces)), batches)
+        # block by block: no module after the last block is pruned, so the pass stops there (calibration.py)
+        statistics["input_norms"] = input_norms(model, list(dict.fromkeys(p.module_name for p in pieces)), batches,
+                                                last=blocks(model)[-1].module)
     return statistics
 
 
