@@ -52,18 +52,24 @@ def _is_transposed(module: nn.Module) -> bool:
 
 
 def squared_gradients(model: nn.Module, names: Sequence[str], batches: Iterable[dict],
-                      loss_fn: LossFn | None = None) -> dict[str, torch.Tensor]:
+                      loss_fn: LossFn | None = None, *,
+                      local: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """``{name: Σ over batches of (∂loss/∂W)², (d_out, d_in) float32}`` for the linear modules ``names``.
 
     ``loss_fn(model, batch)`` gives each batch's loss (default: the model's own ``.loss``). The
     gradient is that of the whole model's loss with respect to W as it is now (W0 for an
     unadapted model; for a ``DSEELinear`` its frozen base weight, adapters in place). Raises
     ValueError on an empty ``batches`` or a non-finite loss.
+
+    ``local``: for a sharded model (FSDP), what this process holds of a weight or of its gradient
+    (its rows); the sums are then of those rows, in the weight's storage layout, read after each
+    backward pass (FSDP sets the sharded gradients itself, where no gradient hook sees them).
     """
     loss_fn = loss_fn or model_loss
     modules = {name: model.get_submodule(name) for name in names}
     weights = {name: _weight_parameter(m) for name, m in modules.items()}
-    sums = {name: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for name, w in weights.items()}
+    sums = {name: torch.zeros((local or (lambda t: t))(w).shape, dtype=torch.float32, device=w.device)
+            for name, w in weights.items()}
     flags = {id(p): p.requires_grad for p in model.parameters()}
     grads = {id(p): p.grad for p in model.parameters()}
     handles = []
@@ -83,13 +89,18 @@ def squared_gradients(model: nn.Module, names: Sequence[str], batches: Iterable[
             p.grad = None
         for name, weight in weights.items():
             weight.requires_grad_(True)
-            handles.append(weight.register_post_accumulate_grad_hook(accumulate(name)))
+            if local is None:  # each gradient added and dropped as soon as it is ready: one at a time in memory
+                handles.append(weight.register_post_accumulate_grad_hook(accumulate(name)))
         model.eval()
         for batch in batches:
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise ValueError(f"calibration batch {count}: the loss is {float(loss)}")
             loss.backward()
+            if local is not None:
+                for name, weight in weights.items():
+                    sums[name].add_(local(weight.grad).detach().float().square())
+                    weight.grad = None
             count += 1
     finally:
         for handle in handles:
@@ -100,6 +111,8 @@ def squared_gradients(model: nn.Module, names: Sequence[str], batches: Iterable[
         model.train(was_training)
     if count == 0:
         raise ValueError("no calibration batches: the squared gradients need at least one")
+    if local is not None:
+        return sums
     return {name: (s.t().contiguous() if _is_transposed(modules[name]) else s) for name, s in sums.items()}
 
 

@@ -17,7 +17,9 @@ is sharded over the processes by PyTorch's FSDP2 instead of replicated (``shardi
 then only runs the processes, the data and the optimizer wrapper: its own FSDP path does not run on
 CPUs, and it wraps any model it prepares on several CPU processes in DDP, which refuses sharded
 parameters. ``--gradient-checkpointing`` and ``--base-dtype bf16`` are applied to the model before
-sharding (``pipeline.apply_memory_settings``). AdamW, linear schedule
+sharding. A sharded run, or one with bf16 frozen weights, builds its model tensor by tensor without
+ever holding it whole (``streamed.py``); the others load it whole (``pipeline.build_model``,
+``pipeline.apply_memory_settings``). AdamW, linear schedule
 with warm-up, gradient accumulation and clipping; evaluation every K steps and/or per epoch; the
 best dev checkpoint by the task's main metric is kept (``save_best``); the latest state is
 checkpointed (``checkpoint.py``) so that an interrupted run resumes where it stopped.

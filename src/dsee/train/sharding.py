@@ -10,8 +10,11 @@ and the AdamW state of its own shard of the trained tensors only (the optimizer 
 trained parameters after sharding). Frozen and trained tensors share a unit; FSDP2 takes both.
 
 What is not sharded: buffers. Ω (``sparse_indices``, int64), the fused slices' rows and the prune
-masks (bool) stay whole on every process; they are computed identically everywhere and
-``shard_model`` broadcasts them from the main process once, so they cannot drift apart. The custom
+masks (bool) stay whole on every process; each is computed once (by the process owning its matrix
+when the model is read tensor by tensor, ``streamed.py``) or identically everywhere, and
+``shard_model`` broadcasts them from the main process once more, so they cannot drift apart.
+``dsee train --fsdp`` builds the model on the meta device and shards it before any weight is read
+(``streamed.py``): no process holds the whole model. The custom
 autograd function of the folded sparse update receives the all-gathered W0 in forward and in
 backward, as any ``F.linear`` would; tied embeddings live in the root unit and stay one tensor.
 

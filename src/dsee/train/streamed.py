@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..adapters.calibration import squared_gradients
 from ..adapters.inject import base_sparsity_mask, choose_support, count_parameters, dsee_layers, inject, is_adapted
 from ..adapters.io import fingerprint_of
 from ..adapters.layer import DSEELinear, linear_shape, linear_weight
@@ -283,8 +284,10 @@ def data_aware_supports_(model: nn.Module, dsee_config, data, tokenizer, config)
                               config, loss_fn)
         batches = calibration_batches(data, tokenizer, config, config.support_batches,
                                       offset=config.support_warmup_steps)
-        statistics = local_squared_gradients(model, [n for n, _ in layers], support_progress(batches, "support: gradients"),
-                                             loss_fn)
+        # every process runs the same batches: FSDP's mean of identical gradients leaves each process the
+        # rows of the one-process gradient
+        statistics = squared_gradients(model, [n for n, _ in layers], support_progress(batches, "support: gradients"),
+                                       loss_fn, local=lambda t: local_rows(t)[0])
         for name, layer in layers:
             _choose_from_local_statistic(name, layer, statistics[name], dsee_config)
     finally:
@@ -314,41 +317,6 @@ def warm_up_low_rank_(model: nn.Module, params: list[nn.Parameter], data, tokeni
     finally:
         for p in frozen:
             p.requires_grad_(True)
-
-
-def local_squared_gradients(model: nn.Module, names: list[str], batches, loss_fn) -> dict[str, torch.Tensor]:
-    """``{name: Σ over batches of (∂loss/∂W0)² for this process's rows of W0 (storage layout), float32}``.
-
-    Every process must run the same batches: the gradient FSDP reduce-scatters is then the mean of
-    identical gradients, each process's shard the rows of the one-process gradient.
-    """
-    weights = {name: model.get_submodule(name).base_layer.weight for name in names}
-    sums = {name: torch.zeros_like(local_rows(w)[0], dtype=torch.float32) for name, w in weights.items()}
-    flags = {id(p): p.requires_grad for p in model.parameters()}
-    was_training = model.training
-    count = 0
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for w in weights.values():
-            w.requires_grad_(True)
-        model.eval()
-        for batch in batches:
-            loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise ValueError(f"calibration batch {count}: the loss is {float(loss)}")
-            loss.backward()
-            for name, w in weights.items():
-                sums[name].add_(local_rows(w.grad)[0].float().square())
-                w.grad = None
-            count += 1
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(flags[id(p)])
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("no calibration batches: the squared gradients need at least one")
-    return sums
 
 
 @torch.no_grad()
