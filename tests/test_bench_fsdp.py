@@ -29,3 +29,20 @@ def test_targets_are_judged_on_frozen_bytes_and_the_training_peak():
     rows = [_row("fp32", 1, 540.0, 3000.0), _row("fp32", 2, 300.0, 2000.0), _row("gc+bf16", 2, 150.0, 1500.0)]
     assert [line[:4] for line in judge(rows, [1, 2])] == ["MISS", "MISS"]
     assert judge(rows[:1], [1]) == []  # nothing to compare
+
+
+def test_loading_target_is_judged_on_every_bf16_row_with_several_processes():
+    """Issue #27: the peak (loading or training) of each sharded bf16 configuration against half the fp32
+    checkpoint + 1 GB."""
+    judge = _bench().judge
+    rows = [dict(_row("bf16", 2, 450.0, 1788.0), loading="streamed", build_peak_mb=935.0),
+            dict(_row("gc+bf16", 2, 450.0, 1936.0), loading="streamed", build_peak_mb=939.0),
+            dict(_row("bf16", 2, 450.0, 1780.0), loading="whole", build_peak_mb=3152.0),
+            dict(_row("bf16", 1, 900.0, 3000.0), loading="streamed", build_peak_mb=1500.0)]
+    lines = judge(rows, [1, 2], checkpoint_mb=1800.0)
+    assert [line[:4] for line in lines] == ["PASS", "MISS", "MISS"]  # the one-process row is not judged
+    assert "1788 MB = 0.99× the fp32 checkpoint (1800 MB; target ≤ 0.5× + 1 GB = 1924 MB); loading alone 935" \
+        in lines[0]
+    assert "gc+bf16, streamed loading: 1936 MB" in lines[1]  # the training peak counts too
+    assert "whole loading: 3152 MB = 1.75×" in lines[2]
+    assert judge(rows, [1, 2]) == []  # no checkpoint size (not --synthetic): nothing to judge

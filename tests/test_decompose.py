@@ -96,3 +96,12 @@ def test_errors(args, message):
 def test_half_precision_input():
     w = torch.randn(32, 32).to(torch.bfloat16)
     assert compute_support(w, 8, "grebsmo").shape == (8,)
+
+
+@pytest.mark.slow
+def test_grebsmo_recovers_planted_outliers_at_4096():
+    """A Llama-3-8B-sized matrix with the structure of ``planted`` scaled up (rank 170, one outlier per
+    9,216 entries: 1,820): GreBsmo from one sketch still finds them among exactly as many positions."""
+    weight, truth = planted(0, m=4096, n=4096, r=170, num_outliers=1820)
+    found = set(compute_support(weight, 1820, "grebsmo", seed=0).tolist())
+    assert len(found & truth) / 1820 >= 0.95

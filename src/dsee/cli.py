@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .adapters.config import DSEEConfig
 from .deploy import MissingExtra
-from .options import add_options, values
+from .options import add_options, given, values
 
 
 def adapter_config(args: argparse.Namespace, seed: int | None = None) -> DSEEConfig:
@@ -246,6 +246,30 @@ def resumed_prune_config(args: argparse.Namespace):
     return saved
 
 
+def cmd_prune_base(args: argparse.Namespace) -> int:
+    """Prune a pre-trained model (before fine-tuning): zeros written into its weights, a stock checkpoint."""
+    from .train.prune_base import BasePruneSettings, prune_base
+    from .train.settings import RunConfig
+
+    settings = BasePruneSettings(**values(args, BasePruneSettings))
+    data_given = given(args, RunConfig, exclude=("out", "batch_size", "seed", "max_length"))
+    data_config = None
+    if settings.needs_calibration:
+        data = values(args, RunConfig, exclude=("model", "out"))
+        if data.get("train_file") and not data.get("validation_file"):
+            data["validation_file"] = data["train_file"]  # read only for calibration: no dev set needed
+        data_config = RunConfig(out=args.out, model=settings.model, **data)
+    elif data_given:
+        raise ValueError(f"{', '.join(data_given)}: only a calibration score (--score wanda) reads data")
+    record = prune_base(settings, args.out, data_config, overwrite=args.overwrite)
+    pattern = record.get("pattern")
+    print(f"pruned {settings.model} to {record['sparsity']:.2%} zeros"
+          + (f" ({pattern['n']}:{pattern['m']} {'kept' if pattern['kept'] else 'VIOLATED'})" if pattern else "")
+          + f" by {settings.score}; saved to {args.out}. Fine-tune it keeping its zeros: dsee train --model {args.out} "
+          "--keep-base-sparsity ...")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a run's kept model, adapters merged (keeping prune masks' zeros), as a self-contained directory."""
     from .train.export_run import export_run
@@ -417,6 +441,25 @@ def _add_prune(sub) -> None:
     p.set_defaults(func=cmd_prune)
 
 
+def _add_prune_base(sub) -> None:
+    import dataclasses
+
+    from .train.prune_base import BasePruneSettings
+    from .train.settings import DATA, GENERATION, RunConfig
+
+    p = sub.add_parser("prune-base", help="make a pre-trained model sparse before fine-tuning it (then: dsee train "
+                       "--keep-base-sparsity)")
+    add_options(p, BasePruneSettings)
+    # the task data whose training split calibrates Wanda's score
+    keep = {"batch_size", "seed"}
+    add_options(p, RunConfig, exclude=[f.name for f in dataclasses.fields(RunConfig) if f.name not in keep and
+                                       f.metadata.get("cli", {}).get("group") not in (DATA, GENERATION)],
+                title="calibration data (Wanda): the task's training split")
+    p.add_argument("--out", required=True, help="the directory of the pruned model")
+    p.add_argument("--overwrite", action="store_true", help="replace a model this command wrote before")
+    p.set_defaults(func=cmd_prune_base)
+
+
 def _add_export_and_generate(sub) -> None:
     from .train.generate import DecodingSettings
 
@@ -469,7 +512,8 @@ def _add_bench_and_report(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsee", description="DSEE: sparse + low-rank efficient tuning of transformers")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_adapt, _add_train, _add_eval, _add_prune, _add_export_and_generate, _add_bench_and_report):
+    for add in (_add_adapt, _add_train, _add_eval, _add_prune, _add_prune_base, _add_export_and_generate,
+                _add_bench_and_report):
         add(sub)
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true",

@@ -49,8 +49,14 @@ def load_sequence_classifier(name_or_path: str | None, num_labels: int = 2, **kw
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
     finally:
         hf_logging.set_verbosity(previous)
+    return default_padding(model)
+
+
+def default_padding(model):
+    """A classifier without a padding id reads the score at the last non-padding token of each row:
+    GPT-2 / Llama classifiers need one, so the end-of-sequence id serves (``model.config`` changed in place)."""
     if getattr(model.config, "pad_token_id", None) is None and getattr(model.config, "eos_token_id", None) is not None:
-        model.config.pad_token_id = model.config.eos_token_id  # GPT-2 / Llama classifiers need one
+        model.config.pad_token_id = model.config.eos_token_id
     return model
 
 

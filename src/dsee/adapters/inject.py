@@ -110,11 +110,7 @@ def inject(model: nn.Module, config: DSEEConfig, *, select_support: bool, batche
                         raise ValueError(f"statistics has no entry for {t.name}")
                     full = statistics[t.name]
                     stats = {method.needs[0]: full if rows is None else full[rows.to(full.device)]}
-                supports[t.name, slice_name] = compute_support(
-                    w, config.sparse_count(*w.shape), config.sparse_method,
-                    seed=module_seed(config.seed, t.name, slice_name), statistics=stats,
-                    allowed=(w != 0) if config.keep_base_sparsity else None,
-                )
+                supports[t.name, slice_name] = choose_support(config, t.name, slice_name, w, stats)
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -128,10 +124,10 @@ def inject(model: nn.Module, config: DSEEConfig, *, select_support: bool, batche
             delta.reset_parameters(config.init, generator)
             if select_support and (t.name, slice_name) in supports:
                 delta.sparse_indices.copy_(supports[t.name, slice_name])
-        if config.keep_base_sparsity:  # W0's zeros become the prune mask: M ⊙ (W0 + ΔW) keeps them
-            zeros = linear_weight(t.module) == 0
-            if zeros.any():
-                layer.prune_mask = ~zeros
+        # W0's zeros become the prune mask: M ⊙ (W0 + ΔW) keeps them (a base on the meta device, loaded
+        # tensor by tensor, gets its mask from the weights as they are read: train/streamed.py)
+        if config.keep_base_sparsity and not linear_weight(t.module).is_meta:
+            layer.prune_mask = base_sparsity_mask(linear_weight(t.module))
         set_submodule(model, t.name, layer)
     for name in saved:
         for p in model.get_submodule(name).parameters():
@@ -139,6 +135,21 @@ def inject(model: nn.Module, config: DSEEConfig, *, select_support: bool, batche
     matched = tuple(t.name + (f":{s}" if s else "") for t in targets for s in t.slices)
     model.dsee_state = DSEEState(config, matched, saved)
     return model
+
+
+def choose_support(config: DSEEConfig, name: str, slice_name: str, weight: torch.Tensor,
+                   statistics: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Ω of one adapted matrix (or fused slice) ``name``: (d_out, d_in) ``weight`` -> (N,) flat indices,
+    seeded per matrix; among W0's non-zeros under ``keep_base_sparsity``."""
+    return compute_support(weight, config.sparse_count(*weight.shape), config.sparse_method,
+                           seed=module_seed(config.seed, name, slice_name), statistics=statistics,
+                           allowed=(weight != 0) if config.keep_base_sparsity else None)
+
+
+def base_sparsity_mask(weight: torch.Tensor) -> torch.Tensor | None:
+    """The keep-mask of a sparse W0 (True where W0 ≠ 0), or None when W0 has no zeros."""
+    zeros = weight == 0
+    return ~zeros if zeros.any() else None
 
 
 def merge_dsee(model: nn.Module) -> nn.Module:

@@ -38,19 +38,30 @@ FINGERPRINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "flo
 
 def base_fingerprint(model: nn.Module, dtype: torch.dtype = torch.float32) -> str:
     """A hash of the frozen weights the adapters sit on (Ω was chosen from them), cast to ``dtype``."""
-    digest = hashlib.sha256()
-    for name, layer in dsee_layers(model):
-        digest.update(name.encode())
-        weight = linear_weight(layer.base_layer).detach().to(dtype).float().cpu().contiguous()
-        digest.update(weight.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return fingerprints_of(adapted_weights(model), {"fp": dtype})["fp"]
+
+
+def adapted_weights(model: nn.Module):
+    """``(adapted module name, W0 as (d_out, d_in))`` in the model's order."""
+    return ((name, linear_weight(layer.base_layer)) for name, layer in dsee_layers(model))
+
+
+def fingerprints_of(weights, dtypes: dict[str, torch.dtype] = FINGERPRINT_DTYPES) -> dict[str, str]:
+    """``{name: base_fingerprint in dtype}`` of ``(adapted module name, W0 as (d_out, d_in))`` pairs in the
+    model's order, in one pass: the weights may come one at a time (a model read tensor by tensor)."""
+    digests = {name: hashlib.sha256() for name in dtypes}
+    for module_name, weight in weights:
+        for name, dtype in dtypes.items():
+            digests[name].update(module_name.encode())
+            digests[name].update(weight.detach().to(dtype).float().cpu().contiguous().numpy().tobytes())
+    return {name: digest.hexdigest()[:16] for name, digest in digests.items()}
 
 
 def base_fingerprints(model: nn.Module) -> dict[str, str]:
     """``base_fingerprint`` in every dtype of ``FINGERPRINT_DTYPES``, and ``dtype``: the one the weights are in."""
     layers = dsee_layers(model)
     dtype = str(linear_weight(layers[0][1].base_layer).dtype).removeprefix("torch.") if layers else "float32"
-    return {"dtype": dtype, **{name: base_fingerprint(model, d) for name, d in FINGERPRINT_DTYPES.items()}}
+    return {"dtype": dtype, **fingerprints_of(adapted_weights(model))}
 
 
 def _same_base(metadata: dict[str, str], model: nn.Module) -> tuple[bool, str, str]:

@@ -154,16 +154,16 @@ class DSEELinear(nn.Module):
         self.base_layer = base_layer
         d_out, d_in = linear_shape(base_layer)
         weight = base_layer.weight
+        # a base layer on the meta device (a model loaded tensor by tensor) still gets real adapters
+        device = torch.device("cpu") if weight.is_meta else weight.device
         self.slice_names = tuple(slices)
         for name, rows in slices.items():
             rows_out = d_out if rows is None else len(rows)
             count = num_sparse[name] if isinstance(num_sparse, dict) else num_sparse
-            delta = SparseLowRankDelta(
-                d_in, rows_out, rank, count, scaling, dropout, device=weight.device, dtype=weight.dtype
-            )
+            delta = SparseLowRankDelta(d_in, rows_out, rank, count, scaling, dropout, device=device, dtype=weight.dtype)
             self.add_module(self.delta_name(name), delta)
             # the rows are a property of the architecture, not of the adapter: not saved
-            self.register_buffer(self.rows_name(name), None if rows is None else rows.to(weight.device), persistent=False)
+            self.register_buffer(self.rows_name(name), None if rows is None else rows.to(device), persistent=False)
         # unstructured sparsity of the final model: None, or a bool (d_out, d_in) mask (see module doc)
         self.register_buffer("prune_mask", None)
 

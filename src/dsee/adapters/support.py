@@ -24,6 +24,7 @@ given the seed, on the weight's device.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -140,11 +141,20 @@ def _gradient_support(w, generator, statistics):
 def top_n_indices(score: torch.Tensor, n: int) -> torch.Tensor:
     """Flat indices of the n largest entries of ``score``, ascending; ties go to the lower index.
 
-    A stable sort rather than ``kthvalue`` + ``>=``: the released code's threshold test keeps more
-    than N entries when values tie.
+    Exactly n, unlike the released code's ``kthvalue`` + ``>=`` (which keeps every entry tied with
+    the n-th): every entry above the n-th largest value, then as many of those equal to it as are
+    missing, lowest index first, which is what a stable descending sort would keep, without sorting
+    the m·n entries (a 4096 × 14336 matrix: seconds).
     """
-    order = torch.sort(score.flatten(), descending=True, stable=True).indices
-    return order[:n].sort().values
+    flat = score.flatten()
+    if n >= flat.numel():
+        return torch.arange(flat.numel(), device=flat.device)[:n]
+    if n <= 0:
+        return torch.empty(0, dtype=torch.long, device=flat.device)
+    threshold = torch.topk(flat, n, sorted=False).values.min()  # the n-th largest value
+    above = (flat > threshold).nonzero().flatten()
+    tied = (flat == threshold).nonzero().flatten()[: n - above.numel()]
+    return torch.cat([above, tied]).sort().values
 
 
 def default_rank(shape: torch.Size | tuple[int, int]) -> int:
@@ -172,6 +182,7 @@ def grebsmo(
     step: int = 16,
     oversample: int = 8,
     power: int = 2,
+    sketch_power: int = 1,
     tau_scale: float = 3.0,
     tol: float = 1e-6,
     noise_margin: float = 1.5,
@@ -179,50 +190,95 @@ def grebsmo(
 ) -> torch.Tensor:
     """GreBsmo: W ≈ L + S with rank(L) <= ``rank`` and S sparse; returns L, shape (m, n).
 
-    The rank grows greedily by ``step`` per round, the new directions sketched from the residual
-    (Zhou & Tao 2013). Within a round, ``power`` alternations of
+    The rank grows greedily from ``step`` (Zhou & Tao 2013), every round fitting L to W − S inside
+    one sketch of W taken at the start (a randomized range finder, as ``torch.svd_lowrank`` draws
+    it: Halko et al. 2011):
 
-        Q ← orth((W − S)·Yᵀ)        Q: (m, k + p)    bilateral sketch, warm-started by Y
-        Y ← Qᵀ·(W − S)              Y: (k + p, n)
-        L ← best rank-k part of Q·Y  (SVD of the small Y)
-        S ← soft(W − L, τ)          τ = tau_scale · σ̂(W − L), σ̂ = 1.4826·MAD
+        Q ← orth(W·G), with ``sketch_power`` power iterations     Q: (m, rank + p), G Gaussian
+        B ← Qᵀ·W                                                  B: (rank + p, n)
+        per round, ``power`` alternations of
+            L ← best rank-k part of Q·(B − Qᵀ·S)     (an SVD of the small matrix; Qᵀ·S from S's non-zeros)
+            S ← soft(W − L, τ)                        τ = tau_scale · σ̂(W − L), σ̂ = 1.4826·MAD
+
+    so the cost is about one randomized SVD of W at the target rank, plus one product of rank k
+    (forming L) per alternation: the earlier form drew a new sketch of the residual for every
+    ``step`` directions and orthogonalised the full matrix twice per round, 3.2-3.6× a randomized SVD.
+    S absorbs the outliers before L is fitted at a rank where it would take them: the sketch holds
+    their directions (they are part of W), but L = the best rank-k part of what S leaves.
 
     Choices that differ from the 2013 code, and why:
     - τ is relative to the residual's robust scale, so the routine works on weights of any size.
-    - p = ``oversample`` extra sketch directions: the subspace converges in one or two iterations
-      instead of dozens.
     - S restarts from 0 each round (as the released DSEE code does): at too low a rank S would
       otherwise swallow the unexplained low-rank signal and keep it there.
     - Rank stops growing when what L misses is no bigger, in spectral norm, than ``noise_margin``
       times a noise matrix of the residual's scale (Marchenko-Pastur edge σ̂(√m + √n)): more rank
-      would fit only noise and, worse, the very outliers S is meant to hold.
+      would fit only noise and, worse, the very outliers S is meant to hold. When it grows, it
+      grows to the number of singular values of Qᵀ(W − S) above that edge (at least ``step`` more):
+      one round instead of one per ``step``.
     """
     m, n = weight.shape
     rank = max(1, min(rank, m, n))
     norm = weight.norm()
+    edge = noise_margin * (m**0.5 + n**0.5)  # × σ̂: the spectral norm of noise of that scale
+    basis = range_finder(weight, min(rank + oversample, m, n), sketch_power, generator)  # (m, K)
+    projected = basis.T @ weight  # (K, n)
     k = min(step, rank)
-    y = torch.randn(min(k + oversample, m, n), n, generator=generator, device=weight.device)  # (k+p, n)
     while True:
-        sparse = torch.zeros_like(weight)
+        sparse = None  # S restarts from 0 every round
         for _ in range(power):
-            target = weight - sparse  # (m, n): what the low-rank part must explain
-            q = torch.linalg.qr(target @ y.T).Q  # (m, k+p)
-            y = q.T @ target  # (k+p, n)
-            u, s, vh = torch.linalg.svd(y, full_matrices=False)
-            low_rank = (q @ u[:, :k]) * s[:k] @ vh[:k]  # (m, n), rank k
-            residual = weight - low_rank
+            inside = projected if sparse is None else projected - project_sparse(basis, sparse)  # Qᵀ(W − S)
+            spectrum, top = leading_directions(inside, k)  # (K,), (K, k): top-k left singular vectors
+            # W − L in one product, L = Q·U_k·U_kᵀ·Qᵀ(W − S): (m, n), rank k
+            residual = torch.addmm(weight, basis @ top, top.T @ inside, alpha=-1)
             sigma = robust_scale(residual)
-            sparse = soft_threshold(residual, tau_scale * sigma)
-        unexplained = residual - sparse  # (m, n)
-        if k >= rank or unexplained.norm() < tol * norm:
-            return low_rank
-        if spectral_norm(unexplained, generator) <= noise_margin * sigma * (m**0.5 + n**0.5):
-            return low_rank
-        grow = min(step, rank - k, min(m, n) - y.shape[0])
-        k += min(step, rank - k)
-        if grow > 0:
-            sketch = torch.randn(grow, m, generator=generator, device=weight.device)
-            y = torch.cat([y, sketch @ residual])  # new row directions from what L misses
+            tau = float(tau_scale * sigma)
+            unexplained = residual.clamp(-tau, tau)  # what soft-thresholding leaves: residual − S
+            sparse = residual.sub_(unexplained)  # S = soft(W − L, τ), in the residual's memory
+        done = k >= rank or unexplained.norm() < tol * norm
+        # the last fit's spectrum of Qᵀ(W − S) (S of the alternation before): how many directions stand out
+        above = int((spectrum > edge * sigma).sum())
+        if done or (above <= k and spectral_norm(unexplained, generator) <= edge * sigma):
+            return weight - sparse - unexplained  # L
+        k = min(rank, max(k + step, above))
+
+
+def leading_directions(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(all singular values, descending; the k leading left singular vectors) of a wide (K, n)
+    ``matrix``, K ≤ n: (K,), (K, k).
+
+    From the eigendecomposition of its (K, K) Gram matrix: 2·K²·n operations where an SVD of the wide
+    matrix costs several times that; only the vectors' span is used (L = Q·U_k·U_kᵀ·Qᵀ(W − S)), never
+    a division by a singular value, so squaring the condition number does not matter.
+    """
+    values, vectors = torch.linalg.eigh(matrix @ matrix.T)  # ascending
+    return values.flip(0).clamp_min(0).sqrt(), vectors[:, -k:].flip(1)
+
+
+def range_finder(matrix: torch.Tensor, width: int, power: int, generator: torch.Generator | None) -> torch.Tensor:
+    """An orthonormal (m, width) basis Q of the range of ``matrix`` (Halko et al. 2011, algorithm 4.4):
+    Q = orth(M·G) for a Gaussian G, refined by ``power`` subspace iterations Q ← orth(M·orth(Mᵀ·Q))."""
+    sketch = torch.randn(matrix.shape[1], width, generator=generator, device=matrix.device)  # (n, width)
+    basis = torch.linalg.qr(matrix @ sketch).Q
+    for _ in range(power):
+        basis = torch.linalg.qr(matrix @ torch.linalg.qr(matrix.T @ basis).Q).Q
+    return basis
+
+
+def project_sparse(basis: torch.Tensor, sparse: torch.Tensor, dense_share: float = 1 / 24) -> torch.Tensor:
+    """Qᵀ·S for a mostly-zero (m, n) S: (K, n). As a sparse product (Sᵀ in CSR times Q: nnz·K operations)
+    while S has fewer than ``dense_share`` of its entries non-zero, else as the dense product (measured on
+    4096 × 4096 with K = 520, one core: 0.11 s sparse and 0.48 s dense at 60k non-zeros, even at 720k)."""
+    m, n = sparse.shape
+    if int(torch.count_nonzero(sparse)) >= dense_share * m * n:
+        return basis.T @ sparse
+    rows, cols = sparse.nonzero(as_tuple=True)
+    order = torch.argsort(cols, stable=True)  # Sᵀ row by row
+    crow = torch.zeros(n + 1, dtype=torch.long, device=sparse.device)
+    crow[1:] = torch.bincount(cols, minlength=n).cumsum(0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        transposed = torch.sparse_csr_tensor(crow, rows[order], sparse[rows, cols][order], (n, m))
+        return (transposed @ basis).T
 
 
 def spectral_norm(matrix: torch.Tensor, generator: torch.Generator | None, iterations: int = 8) -> torch.Tensor:

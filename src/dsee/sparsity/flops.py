@@ -119,9 +119,10 @@ def _relative_span(attention: nn.Module) -> int:
     return 2 * int(attention.pos_ebd_size)
 
 
-def forward_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> FlopReport:
-    """FLOPs of one forward pass of ``batch_size`` sequences of ``seq_len`` tokens (module doc)."""
-    return FlopReport(*_count_flops(model, seq_len, batch_size), parameter_counts(model))
+def forward_flops(model: nn.Module, seq_len: int, batch_size: int = 1, nonzero: int | None = None) -> FlopReport:
+    """FLOPs of one forward pass of ``batch_size`` sequences of ``seq_len`` tokens (module doc);
+    ``nonzero``: passed on to ``parameter_counts``."""
+    return FlopReport(*_count_flops(model, seq_len, batch_size), parameter_counts(model, nonzero))
 
 
 def total_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> int:
@@ -172,22 +173,34 @@ def _count_flops(model: nn.Module, seq_len: int, batch_size: int) -> tuple[list[
 
 
 @torch.no_grad()
-def parameter_counts(model: nn.Module) -> dict[str, int]:
+def parameter_counts(model: nn.Module, nonzero: int | None = None) -> dict[str, int]:
     """Parameters of the model and of its blocks' linear weights.
 
     ``total``: every parameter (adapters included, shared ones once). ``block_linear``: d_out·d_in
     summed over the linear layers inside the blocks (biases excluded). ``block_linear_nonzero``:
     the entries of those weights that are not exactly 0, for a DSEELinear of its effective weight
     M ⊙ (W0 + ΔW), i.e. what ``merge_dsee`` would export; unstructured pruning shows up here.
+    ``nonzero``: that count when it was taken elsewhere (a model whose weights are not all here:
+    loaded tensor by tensor, ``train/streamed.py``); shapes are read from the model either way.
     """
-    linear = nonzero = 0
-    for block in blocks(model):
-        for _, module in _linears(block.module):
-            weight = module.effective_weight() if isinstance(module, DSEELinear) else module.weight
-            linear += weight.numel()
-            nonzero += int(torch.count_nonzero(weight))
+    linear = count = 0
+    for _, module in block_linears(model):
+        linear += module.weight.numel()
+        if nonzero is None:
+            count += nonzero_entries(module)
     total = sum(p.numel() for p in model.parameters())
-    return {"total": total, "block_linear": linear, "block_linear_nonzero": nonzero}
+    return {"total": total, "block_linear": linear, "block_linear_nonzero": count if nonzero is None else nonzero}
+
+
+def block_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(full name, module) of the linear layers inside the blocks, as ``parameter_counts`` counts them."""
+    return [(f"{block.name}.{name}", module) for block in blocks(model) for name, module in _linears(block.module)]
+
+
+def nonzero_entries(module: nn.Module) -> int:
+    """Entries of a block linear layer's weight that are not exactly 0 (a DSEELinear's M ⊙ (W0 + ΔW))."""
+    weight = module.effective_weight() if isinstance(module, DSEELinear) else module.weight
+    return int(torch.count_nonzero(weight))
 
 
 def flops_ratio(pruned: nn.Module, reference: nn.Module, seq_len: int, batch_size: int = 1) -> float:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..adapters.calibration import checkpointed_blocks
 from ..adapters.layer import DSEELinear, linear_weight
 from ..arch import blocks
 from ..registry import Registry
@@ -82,6 +83,9 @@ def importance_scores(model: nn.Module, batches: Iterable[dict]) -> tuple[list[t
     """(head scores, neuron scores): |∂loss/∂gate| summed over ``batches`` (each with ``labels``).
 
     The model is run in eval mode (no dropout); its parameters and their ``.grad`` are untouched.
+    Block by block: each block keeps only its input for the backward pass and runs again there
+    (``calibration.checkpointed_blocks``), so one block's activations are alive at a time; the
+    gradients are those of the plain pass (tested).
     """
     all_blocks = blocks(model)
     head_gates = [torch.ones(b.num_heads, requires_grad=True) for b in all_blocks]
@@ -94,10 +98,16 @@ def importance_scores(model: nn.Module, batches: Iterable[dict]) -> tuple[list[t
     neuron_total = [torch.zeros(b.ffn_size) for b in all_blocks]
     was_training = model.training
     model.eval()
+    # no key/value cache: the blocks run again in the backward pass and would append to it twice
+    config = getattr(model, "config", None)
+    cached = getattr(config, "use_cache", None)
+    if cached:
+        config.use_cache = False
     try:
         for batch in batches:
-            loss = model(**batch).loss
-            grads = torch.autograd.grad(loss, head_gates + neuron_gates, allow_unused=True)
+            with checkpointed_blocks([b.module for b in all_blocks]):
+                loss = model(**batch).loss
+                grads = torch.autograd.grad(loss, head_gates + neuron_gates, allow_unused=True)
             for i in range(len(all_blocks)):
                 if grads[i] is not None:
                     head_total[i] += grads[i].detach().abs().cpu()
@@ -108,6 +118,8 @@ def importance_scores(model: nn.Module, batches: Iterable[dict]) -> tuple[list[t
         for h in handles:
             h.remove()
         model.train(was_training)
+        if cached:
+            config.use_cache = cached
     return [_normalise(s) for s in head_total], [_normalise(s) for s in neuron_total]
 
 

@@ -181,7 +181,9 @@ def _statistics(model, pieces, score, statistics, batches) -> dict:
     if "input_norms" in missing:
         from ..adapters.calibration import input_norms
 
-        statistics["input_norms"] = input_norms(model, list(dict.fromkeys(p.module_name for p in pieces)), batches)
+        # block by block: no module after the last block is pruned, so the pass stops there (calibration.py)
+        statistics["input_norms"] = input_norms(model, list(dict.fromkeys(p.module_name for p in pieces)), batches,
+                                                last=blocks(model)[-1].module)
     return statistics
 
 
@@ -360,3 +362,21 @@ def sparsity_report(model: nn.Module, pattern: str | tuple[int, int] | None = No
     if pattern is not None:
         report["pattern"] = {"n": pattern[0], "m": pattern[1], "violations": violations, "kept": violations == 0}
     return report
+
+
+@torch.no_grad()
+def zeros_changed(reference: nn.Module, model: nn.Module) -> dict[str, dict[str, int]]:
+    """Per prunable weight, how ``model``'s exact zeros differ from ``reference``'s (the same architecture):
+    ``{name: {"reference": zeros there, "zeros": zeros here, "lost": zeros of the reference that are not
+    zero here, "new": zeros here that the reference did not have}}``. For a DSEELinear the weight is its
+    M ⊙ (W0 + ΔW), what it exports. A sparse model fine-tuned and merged keeps its zeros when every
+    "lost" is 0 (locuslab/wanda#83: LoRA's merge lost a fifth of them)."""
+    out = {}
+    for name in prunable_modules(reference):
+        mine, theirs = model.get_submodule(name), reference.get_submodule(name)
+        here = (mine.effective_weight() if isinstance(mine, DSEELinear) else linear_weight(mine)) == 0
+        there = (theirs.effective_weight() if isinstance(theirs, DSEELinear) else linear_weight(theirs)) == 0
+        there = there.to(here.device)
+        out[name] = {"reference": int(there.sum()), "zeros": int(here.sum()), "lost": int((there & ~here).sum()),
+                     "new": int((here & ~there).sum())}
+    return out

@@ -188,9 +188,10 @@ def _load_optimizer(optimizer, tensors: dict[str, torch.Tensor], saved: dict[str
     optimizer.load_state_dict(shard_optimizer_state(optimizer, {"state": state, "param_groups": saved["param_groups"]}))
 
 
-def restore_model(run: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def restore_model(run: Path, model: nn.Module, tensors: dict[str, torch.Tensor], skip_meta: bool = False) -> None:
     """Load a checkpoint's trained tensors, Ω and prune masks into ``model`` (unsharded: before
-    ``--fsdp`` shards it). Every check runs before anything is changed."""
+    ``--fsdp`` shards it). Every check runs before anything is changed. ``skip_meta``: leave the
+    parameters still on the meta device (a model read tensor by tensor fills them later)."""
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     expected = {f"model.{n}" for n, p in params.items() if p.requires_grad}
@@ -207,7 +208,7 @@ def restore_model(run: Path, model: nn.Module, tensors: dict[str, torch.Tensor])
     with torch.no_grad():
         for key, value in tensors.items():
             kind, _, name = key.partition(".")
-            if kind == "model":
+            if kind == "model" and not (skip_meta and params[name].is_meta):
                 params[name].copy_(value)
             elif kind == "buffer":
                 buffers[name].copy_(value)

@@ -17,7 +17,9 @@ is sharded over the processes by PyTorch's FSDP2 instead of replicated (``shardi
 then only runs the processes, the data and the optimizer wrapper: its own FSDP path does not run on
 CPUs, and it wraps any model it prepares on several CPU processes in DDP, which refuses sharded
 parameters. ``--gradient-checkpointing`` and ``--base-dtype bf16`` are applied to the model before
-sharding (``pipeline.apply_memory_settings``). AdamW, linear schedule
+sharding. A sharded run, or one with bf16 frozen weights, builds its model tensor by tensor without
+ever holding it whole (``streamed.py``); the others load it whole (``pipeline.build_model``,
+``pipeline.apply_memory_settings``). AdamW, linear schedule
 with warm-up, gradient accumulation and clipping; evaluation every K steps and/or per epoch; the
 best dev checkpoint by the task's main metric is kept (``save_best``); the latest state is
 checkpointed (``checkpoint.py``) so that an interrupted run resumes where it stopped.
@@ -52,9 +54,10 @@ from .checkpoint import (Progress, gather_checkpoint, has_checkpoint, read_check
 from .launch import is_main_process, launch_environment, world_size
 from .lock import RunLock
 from .sharding import full_model_state, full_tensors, is_sharded, reshard, shard_model
+from .streamed import build_streamed_model, streams
 from .evaluation import evaluate, evaluate_run, make_eval_loaders, score_of  # noqa: F401 (evaluate_run re-exported)
 from .losses import causal_lm_loss, training_loss  # noqa: F401 (causal_lm_loss re-exported)
-from .pipeline import TaskData, apply_memory_settings, build_model, load_task_data, load_tokenizer
+from .pipeline import TaskData, apply_memory_settings, build_model, load_task_data, load_tokenizer, model_figures
 from .run import (
     ADAPTER_DIR,
     METRICS,
@@ -188,15 +191,19 @@ def set_up(config: RunConfig, resume: bool, overwrite: bool) -> Session:
     data = load_task_data(config)
     tokenizer = load_tokenizer(model_path)
     data.check_max_length(tokenizer, config)
-    model = build_model(config, data, model_path, tokenizer)
-    count = count_parameters(model)
     saved = read_checkpoint(run) if resume and has_checkpoint(run) else None
-    if saved is not None:  # whole, before any sharding
-        restore_model(run, model, saved[0])
-    before = facts_before_sharding(model, config)
-    apply_memory_settings(model, config)
-    if config.fsdp:
-        shard_model(model, accelerator.mixed_precision)
+    if streams(config, accelerator.num_processes):  # no process holds the whole model (streamed.py)
+        built = build_streamed_model(config, data, model_path, tokenizer, saved, accelerator.mixed_precision, run)
+        model, count, before = built.model, built.count, built.facts
+    else:
+        model = build_model(config, data, model_path, tokenizer)
+        count = count_parameters(model)
+        if saved is not None:  # whole, before any sharding
+            restore_model(run, model, saved[0])
+        before = facts_before_sharding(model, config)
+        apply_memory_settings(model, config)
+        if config.fsdp:
+            shard_model(model, accelerator.mixed_precision)
     if accelerator.is_main_process:
         if not resume or saved is None:  # a run stopped before its first checkpoint starts again, as it was set
             if resume:
@@ -668,22 +675,3 @@ class _stop_on_ctrl_c:
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-
-
-def model_figures(model: nn.Module, config: RunConfig) -> dict[str, Any]:
-    """FLOPs of one forward pass at ``max_length`` tokens, parameters, non-zeros; the pruning summary."""
-    from ..arch import block_spec
-    from ..sparsity.flops import forward_flops, parameter_counts
-
-    figures: dict[str, Any] = {}
-    try:
-        block_spec(model)
-    except ValueError:  # a model type without a block layout: no FLOPs, the run still completes
-        return figures
-    figures["flops"] = forward_flops(model, seq_len=config.max_length).to_dict()
-    figures["parameters"] = parameter_counts(model)
-    if config.prune is not None:
-        from .pruning import PruneSettings, pruning_summary
-
-        figures["pruning"] = pruning_summary(model, PruneSettings.from_dict(config.prune))
-    return figures

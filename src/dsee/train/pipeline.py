@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -143,18 +144,24 @@ def base_model(model_path: str, labels: RunLabels | TaskData, tokenizer=None) ->
         from ..models import load_causal_lm
 
         model = load_causal_lm(model_path)
-        if tokenizer is not None:
-            check_vocabulary(model, tokenizer, model_path)
-        if tokenizer is not None and tokenizer.pad_token_id is not None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-        return model
-    kwargs = {"problem_type": "regression"} if labels.task_type == "regression" else {}
-    if labels.label_list:
-        kwargs["id2label"] = dict(enumerate(labels.label_list))
-        kwargs["label2id"] = {label: i for i, label in enumerate(labels.label_list)}
-    model = load_sequence_classifier(model_path, num_labels=labels.num_labels, **kwargs)
+    else:
+        model = load_sequence_classifier(model_path, num_labels=labels.num_labels, **classifier_settings(labels))
     if tokenizer is not None:
         check_vocabulary(model, tokenizer, model_path)
+    return tokenizer_padding(model, tokenizer)
+
+
+def classifier_settings(labels: RunLabels | TaskData) -> dict:
+    """The config fields a classifier for ``labels`` is built with (besides ``num_labels``)."""
+    settings = {"problem_type": "regression"} if labels.task_type == "regression" else {}
+    if labels.label_list:
+        settings["id2label"] = dict(enumerate(labels.label_list))
+        settings["label2id"] = {label: i for i, label in enumerate(labels.label_list)}
+    return settings
+
+
+def tokenizer_padding(model: nn.Module, tokenizer) -> nn.Module:
+    """The model's padding id is the tokenizer's (decoder classifiers read the score at the last non-padding token)."""
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -313,3 +320,23 @@ def load_run(run: str | Path) -> tuple[RunConfig, nn.Module, object]:
     config = load_run_config(run)
     tokenizer = load_tokenizer(resolve_model(config.model))
     return config, load_trained_model(run, config, tokenizer=tokenizer), tokenizer
+
+
+def model_figures(model: nn.Module, config: RunConfig, nonzero: int | None = None) -> dict[str, Any]:
+    """FLOPs of one forward pass at ``max_length`` tokens, parameters, non-zeros; the pruning summary.
+    ``nonzero``: the non-zeros of the blocks' linear weights when they were counted elsewhere."""
+    from ..arch import block_spec
+    from ..sparsity.flops import forward_flops, parameter_counts
+
+    figures: dict[str, Any] = {}
+    try:
+        block_spec(model)
+    except ValueError:  # a model type without a block layout: no FLOPs, the run still completes
+        return figures
+    figures["flops"] = forward_flops(model, seq_len=config.max_length, nonzero=nonzero).to_dict()
+    figures["parameters"] = parameter_counts(model, nonzero)
+    if config.prune is not None:
+        from .pruning import PruneSettings, pruning_summary
+
+        figures["pruning"] = pruning_summary(model, PruneSettings.from_dict(config.prune))
+    return figures

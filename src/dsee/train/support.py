@@ -46,7 +46,7 @@ def calibration_batches(data, tokenizer, config, count: int, offset: int = 0, cy
     return [collate(chosen[i : i + config.batch_size]) for i in range(0, len(chosen), config.batch_size)]
 
 
-def _progress(batches: list[dict], desc: str):
+def support_progress(batches: list[dict], desc: str):
     """A bar over the support's extra passes (minutes on an LLM): shown when the run shows its bars
     (``train(show_progress=False)`` switches transformers' bars off with its own), on the main process."""
     from tqdm.auto import tqdm
@@ -62,7 +62,7 @@ def add_dsee_from_data(model: nn.Module, dsee_config: DSEEConfig, data, tokenize
     warmup = config.support_warmup_steps
     if warmup == 0:
         batches = calibration_batches(data, tokenizer, config, config.support_batches)
-        return add_dsee(model, dsee_config, batches=_progress(batches, "support: gradients"), loss_fn=loss_fn)
+        return add_dsee(model, dsee_config, batches=support_progress(batches, "support: gradients"), loss_fn=loss_fn)
     statistics = warmed_up_statistics(model, dsee_config, data, tokenizer, config, loss_fn)
     return add_dsee(model, dsee_config, statistics=statistics)
 
@@ -78,7 +78,7 @@ def warmed_up_statistics(model: nn.Module, dsee_config: DSEEConfig, data, tokeni
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     model.train()
-    for batch in _progress(calibration_batches(data, tokenizer, config, config.support_warmup_steps),
+    for batch in support_progress(calibration_batches(data, tokenizer, config, config.support_warmup_steps),
                            "support: LoRA warm-up"):
         loss = loss_fn(model, batch)
         loss.backward()
@@ -88,7 +88,7 @@ def warmed_up_statistics(model: nn.Module, dsee_config: DSEEConfig, data, tokeni
         optimizer.zero_grad(set_to_none=True)
     names = [name for name, _ in dsee_layers(model)]
     batches = calibration_batches(data, tokenizer, config, config.support_batches, offset=config.support_warmup_steps)
-    statistics = squared_gradients(model, names, _progress(batches, "support: gradients"), loss_fn)
+    statistics = squared_gradients(model, names, support_progress(batches, "support: gradients"), loss_fn)
     remove_dsee(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
