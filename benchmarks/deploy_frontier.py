@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import math
 import statistics
@@ -64,6 +63,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import HERE, CpuMeter, record  # noqa: E402
+
+from dsee.evaluation.statistics import PairedComparison, holm, paired  # noqa: E402
 
 RUNS_PATH = HERE / "deploy_frontier_runs.jsonl"
 TASK_LABEL = {"mrpc": "MRPC F1", "stsb": "STS-B", "sst2": "SST-2"}
@@ -555,48 +556,6 @@ def measure_latency(args) -> None:
     args.finished.append(entry)
 
 
-# --- statistics (thin; the report's only tests) --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Paired differences (system − baseline) by seed: mean, 95% t-interval, paired t p, exact sign-flip p."""
-
-    diffs: tuple[float, ...]
-    mean: float
-    low: float | None
-    high: float | None
-    t_p: float | None
-    flip_p: float | None
-
-
-def paired(diffs: list[float]) -> Paired:
-    from scipy import stats
-
-    n, mean = len(diffs), statistics.mean(diffs)
-    if n < 2:
-        return Paired(tuple(diffs), mean, None, None, None, None)
-    sd = statistics.stdev(diffs)
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    t_p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if sd > 0 else (1.0 if mean == 0 else 0.0)
-    # exact sign-flip test: every one of the 2^n sign patterns of |d| (n is the number of seeds)
-    observed = abs(sum(diffs))
-    flips = [abs(sum(s * abs(d) for s, d in zip(signs, diffs))) for signs in itertools.product((1, -1), repeat=n)]
-    flip_p = sum(f >= observed - 1e-12 for f in flips) / len(flips)
-    return Paired(tuple(diffs), mean, mean - half, mean + half, t_p, flip_p)
-
-
-def holm(pvalues: list[float | None]) -> list[float | None]:
-    """Holm's step-down adjusted p-values, in the input order (None stays None)."""
-    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
-    adjusted: list[float | None] = [None] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(present):
-        running = max(running, min(1.0, (len(present) - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
 # --- the report ----------------------------------------------------------------------------------
 
 
@@ -680,7 +639,7 @@ def report(args) -> str:
     """Per task: every configuration's score (mean ± std over the evaluation seeds), FLOPs, export scores,
     latency; then the paired comparisons, Holm-adjusted over the whole report."""
     latency = latest_latency(args)
-    comparisons: list[tuple[str, str, Paired]] = []  # (task, what, result)
+    comparisons: list[tuple[str, str, PairedComparison]] = []  # (task, what, result)
     lines = ["# The deployment frontier: pruned MiniLM and mpnet against fine-tuned MiniLM\n",
              f"Evaluation seeds {', '.join(map(str, args.seed_list))} (settings chosen on seed {args.selection_seed}); "
              f"{args.train_samples} training examples, max length {args.max_length}; epochs: MiniLM {args.epochs:g}, "
@@ -706,23 +665,18 @@ def report(args) -> str:
             lines.append(f"| {run.label} | {flops} | {shape} | {cell([score(e) for e in found.values()])} | "
                          + " | ".join(exports + lat) + " |")
         comparisons += task_comparisons(args, task)
-    adjusted = holm([c[2].flip_p for c in comparisons])
+    adjusted = holm([c[2].sign_flip_p if c[2].n > 1 else None for c in comparisons])
     lines += ["\nPaired differences by seed (×100): mean [95% t-interval] (pairs; paired t p, exact sign-flip p, "
               "Holm p over every test below):\n", "| task | comparison | difference |", "|---|---|---|"]
     for (task, what, result), adj in zip(comparisons, adjusted):
-        text = f"{result.mean:+.2f}"
-        if result.low is not None:
-            text += (f" [{result.low:+.2f}, {result.high:+.2f}] ({len(result.diffs)}; t p {result.t_p:.2f}, "
-                     f"flip p {result.flip_p:.2f}, Holm p {adj:.2f})")
-        else:
-            text += f" ({len(result.diffs)} pair)"
+        text = result.text(2, adjusted_p=adj) if result.n > 1 else f"{result.mean:+.2f} (1 pair)"
         lines.append(f"| {TASK_LABEL[task]} | {what} | {text} |")
     if getattr(args, "_notes", None):
         lines += ["\nNotes:\n"] + [f"- {n}" for n in args._notes]
     return "\n".join(lines) + "\n"
 
 
-def task_comparisons(args, task: str) -> list[tuple[str, str, Paired]]:
+def task_comparisons(args, task: str) -> list[tuple[str, str, PairedComparison]]:
     """Every pruned MiniLM against the control and its source; with and without distillation; pruned mpnet
     against fine-tuned MiniLM and MiniLM's control."""
     out = []

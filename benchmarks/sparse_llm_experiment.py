@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _record import HERE, record  # noqa: E402
-from frontier_experiment import budget_density, mean_std, paired_t  # noqa: E402
+from frontier_experiment import budget_density, mean_std  # noqa: E402
+
+from dsee.evaluation.statistics import paired as paired_test  # noqa: E402
 
 RUNS_PATH = HERE / "sparse_llm_runs.jsonl"
 BASES = {"dense": None, "w50": {"sparsity": 0.5}, "p24": {"pattern": "2:4"}}
@@ -209,13 +210,12 @@ def sparsity_of(entry: dict, which: str) -> float:
 
 
 def paired(mine: list[dict], theirs: list[dict], measure, digits: int) -> str:
-    """Mean paired difference by seed (mine − theirs), its spread and pairs, and the paired t-test's p."""
+    """Paired difference by seed (mine − theirs): mean, 95% t-interval, pairs, paired t p and exact sign-flip p."""
     by_seed = {e["key"]["seed"]: measure(e) for e in theirs}
     diffs = [measure(e) - by_seed[e["key"]["seed"]] for e in mine if e["key"]["seed"] in by_seed]
     if not diffs:
         return "–"
-    p = paired_t(diffs)
-    return f"{statistics.mean(diffs):+.{digits}f} ({len(diffs)})" + (f", p {p:.2f}" if p is not None else "")
+    return paired_test(diffs).text(digits)
 
 
 def report(args, cells: dict[str, list[dict]]) -> str:
@@ -224,7 +224,7 @@ def report(args, cells: dict[str, list[dict]]) -> str:
              f"{args.train_samples} training rows, {args.epochs:g} epoch, batch 8, label smoothing 0.1, lr {args.lr:g}; "
              f"dev loss per target token and BLEU (×100, beam {args.beams}) on the first {args.decode_items} dev MRs; "
              f"LoRA r = {args.rank}, DSEE r = {args.rank // 2} + half of LoRA's budget in S. Mean ± std (seeds); "
-             "paired differences by seed (mean (pairs), paired t-test p). Sparsity: exact zeros of the blocks' "
+             "paired differences by seed (mean [95% t-interval] (pairs; paired t p, exact sign-flip p)). Sparsity: exact zeros of the blocks' "
              "q, k, v, o and FFN weights of the merged export; 'lost': zeros of the pruned base that the merge "
              "filled in.", "",
              "| variant | base | trainable | merged sparsity | base zeros lost | matrices keeping every zero | dev loss "

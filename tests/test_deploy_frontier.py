@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import sys
 from pathlib import Path
 
@@ -57,22 +56,6 @@ def test_keys_carry_the_protocol_and_the_shares():
                                                                             0.35, False))
     config = frontier.run_config(args, run)
     assert config.prune["distill"] and config.prune["heads"] == key["heads"] and config.epochs == 2
-
-
-def test_paired_statistics_against_oracles():
-    from scipy import stats
-
-    diffs = [0.5, 1.25, -0.25, 2.0]
-    result = frontier.paired(diffs)
-    assert result.t_p == pytest.approx(stats.ttest_1samp(diffs, 0).pvalue)
-    low, high = stats.t.interval(0.95, 3, loc=sum(diffs) / 4, scale=stats.sem(diffs))
-    assert (result.low, result.high) == pytest.approx((low, high))
-    # sign flips of (0.5, 1.25, 0.25, 2.0): |sum| ≥ 3.5 for the observed pattern and its mirror, and for
-    # the all-positive pattern (4.0) and its mirror: 4 of 16
-    assert result.flip_p == 4 / 16
-    patterns = list(itertools.product((1, -1), repeat=3))
-    assert frontier.paired([1.0, 2.0, 3.0]).flip_p == 2 / len(patterns)
-    assert frontier.holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])
 
 
 def test_export_scores_are_parsed_and_missing_commands_are_skipped_with_a_note(tmp_path, capsys):

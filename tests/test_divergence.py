@@ -49,9 +49,9 @@ def test_a_divergence_keeps_the_last_finite_checkpoint_resumable(tmp_path, tiny_
                   batch_size=16, eval_steps=4, lr=3e-2, adapter={"rank": 2, "num_sparse": 4})
     real, calls = loop.training_loss, []
 
-    def faulty(model, batch, data, cfg):
+    def faulty(model, batch, data, cfg, teacher=None):
         calls.append(1)
-        loss = real(model, batch, data, cfg)
+        loss = real(model, batch, data, cfg, teacher)
         return loss * float("nan") if len(calls) == 7 else loss
 
     monkeypatch.setattr(loop, "training_loss", faulty)
