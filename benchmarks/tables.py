@@ -55,6 +55,11 @@ REPORTS = {
 # --- the records -----------------------------------------------------------------------------------
 
 
+def seeds(n: int) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
 def read_jsonl(name: str) -> list[dict]:
     path = HERE / name
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -337,8 +342,8 @@ def measured(args: argparse.Namespace) -> str:
         control = list(prune.average_against_control(pentries, ptasks, v).values())
         if not by_seed:
             continue
-        text = f"{statistics.mean(by_seed.values()):+.2f} vs source ({len(by_seed)} seeds)"
-        text += f", {statistics.mean(control):+.2f} vs re-tune-only ({len(control)} seeds)" if control else ", no control yet"
+        text = f"{statistics.mean(by_seed.values()):+.2f} vs source ({seeds(len(by_seed))})"
+        text += f", {statistics.mean(control):+.2f} vs re-tune-only ({seeds(len(control))})" if control else ", no control yet"
         rows.append((f"MiniLM, {v.replace('unstructured50', '50%')} (score), re-tuned, STS-B + MRPC average",
                      text, f"≥ −{bar}: {verdict(statistics.mean(by_seed.values()) >= -bar)} (vs source)"))
     frontier, fargs, cells = frontier_cells(args)
