@@ -102,3 +102,22 @@ def test_bench_names_a_truncated_onnx_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.onnx: ONNX Runtime cannot load it" in err and "truncated or damaged" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("linked", ["weights.bin", "model.onnx"])
+def test_bench_of_an_onnx_export_with_a_linked_file_is_never_a_traceback(tmp_path, capsys, linked):
+    """A file of the export replaced by a link to a copy outside the folder (issue case 42): ONNX Runtime
+    loads it (the user's own link) or refuses it; either way one line, no traceback."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    export = tmp_path / "export"
+    _onnx_matmul(export, external="weights.bin")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (export / linked).rename(outside / linked)
+    (export / linked).symlink_to(outside / linked)
+    code = main(["bench", str(export), "--backend", "onnxruntime", "--rounds", "1"])
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err
+    if code == 2:  # this one-node graph is not a transformer: once loaded, its inputs are what is named
+        assert err.startswith("dsee bench: error: ") and len(err.strip().splitlines()) == 1
