@@ -144,6 +144,60 @@ def deploy(_: argparse.Namespace) -> str:
             f"{source(r)}).\n")
 
 
+def deploy_latency_record() -> dict:
+    return latest("deploy_latency", lambda e: not e["results"].get("quick"))
+
+
+def deploy_latency(_: argparse.Namespace) -> str:
+    """bench_deploy.py (fused attention and int8): speed-ups over the unpruned PyTorch model, per shape."""
+    r = deploy_latency_record()
+    backends = ("torch", "ort", "ort fused", "ort int8")
+    lines = ["| batch | model | FLOPs | PyTorch ms (quartiles) | PyTorch × | ORT as exported × | ORT fused × | "
+             "ORT int8 × | fused / PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
+    for shape in r["shapes"]:
+        for name, m in r["latency"][shape].items():
+            q1, q3 = (1e3 * x for x in m["quartiles_s"]["torch"])
+            lines.append(f"| {shape.replace('x', ' × ')} | {name} | {m['flops_ratio']:.3f} | "
+                         f"{1e3 * m['median_s']['torch']:.1f} ({q1:.1f}–{q3:.1f}) | "
+                         + " | ".join(f"{m['speedup_vs_unpruned_torch'][b]:.2f}" for b in backends)
+                         + f" | {m['fused_over_torch']:.2f} |")
+    text = "\n".join(lines) + (f"\n\nall-MiniLM-L6-v2 with DSEE adapters merged; medians of {r['rounds']} interleaved "
+                               f"rounds, {r['threads']} threads, {r['clock']} clock (timing cpu share "
+                               f"{r['timing_cpu_share']}); ONNX Runtime {r['versions']['onnxruntime']}.")
+    cost = r.get("score_cost")
+    if cost:
+        vs = cost["int8"]["quantization"]["vs_fp32"]
+        text += (f" int8 on a fine-tuned run ({cost['run']}, {cost['split']} {cost['main_metric']}): fp32 export "
+                 f"{100 * cost['fp32_score']:.2f}, int8 export {100 * cost['int8_score']:.2f} "
+                 f"({100 * cost['int8_minus_fp32']:+.2f} points, both scored by `dsee eval`); the same class for "
+                 f"{vs['same_class_share']:.1%} of {vs['rows']} dev rows; files {cost['fp32']['bytes_on_disk'] / 1e6:.1f} "
+                 f"→ {cost['int8']['bytes_on_disk'] / 1e6:.1f} MB.")
+    return text + f" ({source(r)}).\n"
+
+
+def grebsmo_scale(_: argparse.Namespace) -> str:
+    """bench_grebsmo.py: GreBsmo and the whole support choice against one randomized SVD."""
+    r = latest("grebsmo_scale", lambda e: not e["results"].get("quick"))
+    res = r
+    lines = ["| weight | shape | rank | SVD s | GreBsmo s | GreBsmo + top-N s | GreBsmo / SVD | GreBsmo + top-N / SVD | "
+             "planted outliers found |", "|---|---|---|---|---|---|---|---|---|"]
+    for s in res["shapes"].values():
+        recall = "–" if s["recall"] is None else f"{s['recall']:.3f}"
+        lines.append(f"| {s['kind']} | {s['shape'][0]} × {s['shape'][1]} | {s['rank']} | {s['svd_s']:.2f} | "
+                     f"{s['grebsmo_s']:.2f} | {s['support_s']:.2f} | {s['grebsmo_over_svd']:.2f} | "
+                     f"{s['support_over_svd']:.2f} | {recall} |")
+    for kind in ("random", "planted"):
+        w = res[f"llama3_8b_all_linear_{kind}"]
+        lines.append(f"| {kind} | Llama-3-8B, all 224 linear matrices (estimate) | – | {w['svd_s']:.0f} | "
+                     f"{w['grebsmo_s']:.0f} | {w['support_s']:.0f} | {w['ratio']:.2f} | "
+                     f"{w['support_s'] / w['svd_s']:.2f} | |")
+    target = res["target"]
+    return ("\n".join(lines) + f"\n\nMedians of {res['repeats']} interleaved repeats, {res['threads']} threads, N = "
+            f"{res['density']:.0%} of each matrix; SVD: `torch.svd_lowrank(W, q = rank + 8, niter = 2)`. Target GreBsmo "
+            f"≤ {target['grebsmo_over_svd_max']}× the SVD on every matrix: worst {target['worst']:.2f}×, "
+            f"{'met' if target['met'] else 'missed'} ({source(r)}).\n")
+
+
 def pruned_speed(_: argparse.Namespace) -> str:
     r = latest("pruned_inference")
     lines = ["| model | FLOPs | speed-up | non-zeros in block weights | file (dense) | file (compact) |",
@@ -386,8 +440,21 @@ def measured(args: argparse.Namespace) -> str:
     rows.append(("MiniLM pruned (heads / FFN): ONNX Runtime speed-up over unpruned ONNX, share of the FLOPs ideal",
                  ", ".join(f"{m['speedup']['onnxruntime']:.2f}" for n, m in r["models"].items() if n != "unpruned")
                  + f"×; {min(shares):.2f}–{max(shares):.2f}", f"≥ 0.9: {verdict(min(shares) >= 0.9)}"))
-    rows.append(("same, ONNX Runtime latency / PyTorch eager", f"{min(over):.2f}–{max(over):.2f}",
-                 f"≤ 1: {verdict(max(over) <= 1)}"))
+    rows.append(("same, ONNX Runtime latency / PyTorch eager (export without fused attention)",
+                 f"{min(over):.2f}–{max(over):.2f}", f"≤ 1: {verdict(max(over) <= 1)}"))
+    d = deploy_latency_record()
+    fused = {shape: d["latency"][shape]["unpruned"]["fused_over_torch"] for shape in d["shapes"]}
+    rows.append(("unpruned MiniLM, ONNX Runtime with fused attention / PyTorch eager latency at "
+                 + " and ".join(s.replace("x", " × ") for s in fused),
+                 ", ".join(f"{v:.2f}" for v in fused.values()),
+                 "≤ 0.9: " + ", ".join(f"{verdict(v <= 0.9)} at {s.replace('x', ' × ')}" for s, v in fused.items())))
+    int8 = {shape: d["latency"][shape]["heads 50% + ffn 50%"]["speedup_vs_unpruned_torch"]["ort int8"]
+            for shape in d["shapes"]}
+    cost = d.get("score_cost")
+    rows.append(("MiniLM 50% heads + 50% FFN, ONNX Runtime int8, speed-up over unpruned PyTorch fp32; int8 − fp32 "
+                 "dev score of a run",
+                 ", ".join(f"{v:.2f}× at {s.replace('x', ' × ')}" for s, v in int8.items())
+                 + (f"; {100 * cost['int8_minus_fp32']:+.2f} points ({cost['main_metric']})" if cost else ""), ""))
     f = fsdp_record()
     base = next(row for row in f["rows"] if row["variant"] == "fp32" and row["processes"] == 1)
     two = {row["variant"]: row for row in f["rows"] if row["processes"] == 2}
@@ -405,7 +472,7 @@ def measured(args: argparse.Namespace) -> str:
 
 BLOCKS: dict[str, Callable[[argparse.Namespace], str]] = {
     "step": step, "support": support, "merged": merged, "deploy": deploy, "pruned-speed": pruned_speed,
-    "fsdp": fsdp, "fsdp-loading": fsdp_loading, "defaults": defaults, "frontier-summary": frontier_summary, "glue-summary": glue_summary,
+    "fsdp": fsdp, "fsdp-loading": fsdp_loading, "deploy-latency": deploy_latency, "grebsmo-scale": grebsmo_scale, "defaults": defaults, "frontier-summary": frontier_summary, "glue-summary": glue_summary,
     "prune-summary": prune_summary, "structured-seed0": structured_seed0, "e2e-n64": e2e_n64, "measured": measured,
 }
 
