@@ -245,6 +245,30 @@ def fsdp_loading(_: argparse.Namespace) -> str:
             f"fp32 checkpoint + 1 GB = {0.5 * size + 1024:.0f} MB ({source(r)}).\n")
 
 
+def cola_check(_: argparse.Namespace) -> str:
+    """cola_check.py: the frozen checkpoint's linear probe, then one run per change to the defaults (latest of each)."""
+    probe = latest("cola_check_probe")
+    runs: dict[str, dict] = {}
+    for entry in read_jsonl("results.jsonl"):
+        if entry["benchmark"] == "cola_check_run":
+            runs[entry["results"]["variant"]] = dict(entry["results"], _commit=entry["commit"],
+                                                     _date=entry["date"][:10], _argv=entry["argv"])
+    p = probe["probe"]
+    lines = [f"Linear probe of the frozen checkpoint (logistic regression on {probe['train_samples']:,} training "
+             f"sentences, dev MCC ×100): pooler output {100 * p['pooler']:.1f} (class-balanced "
+             f"{100 * p['pooler balanced']:.1f}), last-layer [CLS] {100 * p['cls']:.1f} ({100 * p['cls balanced']:.1f}), "
+             f"mean of the last layer's tokens {100 * p['mean']:.1f} ({100 * p['mean balanced']:.1f}) ({source(probe)}).",
+             "", "| change to the defaults | dev MCC ×100 per epoch | kept model's predictions per class | one class only |",
+             "|---|---|---|---|"]
+    for r in runs.values():
+        per_epoch = ", ".join(f"{100 * m:.1f}" for m in r["mcc_by_epoch"])
+        classes = ", ".join(f"{k} {v}" for k, v in r["predicted_classes"].items())
+        lines.append(f"| {r['change']} | {per_epoch} | {classes} | {'yes' if r.get('degenerate') else 'no'} |")
+    last = list(runs.values())[-1]
+    return "\n".join(lines) + (f"\n\nall-MiniLM-L6-v2, CoLA, {last['train_samples']:,} training sentences, the whole "
+                               f"dev set; the kept model is the best epoch's ({source(last)}).\n")
+
+
 def defaults(_: argparse.Namespace) -> str:
     r = latest("defaults_check")
     lines = ["| learning rate | dev accuracy | majority class | macro-F1 | majority macro-F1 |", "|---|---|---|---|---|"]
@@ -472,7 +496,7 @@ def measured(args: argparse.Namespace) -> str:
 
 BLOCKS: dict[str, Callable[[argparse.Namespace], str]] = {
     "step": step, "support": support, "merged": merged, "deploy": deploy, "pruned-speed": pruned_speed,
-    "fsdp": fsdp, "fsdp-loading": fsdp_loading, "deploy-latency": deploy_latency, "grebsmo-scale": grebsmo_scale, "defaults": defaults, "frontier-summary": frontier_summary, "glue-summary": glue_summary,
+    "fsdp": fsdp, "fsdp-loading": fsdp_loading, "cola-check": cola_check, "deploy-latency": deploy_latency, "grebsmo-scale": grebsmo_scale, "defaults": defaults, "frontier-summary": frontier_summary, "glue-summary": glue_summary,
     "prune-summary": prune_summary, "structured-seed0": structured_seed0, "e2e-n64": e2e_n64, "measured": measured,
 }
 
