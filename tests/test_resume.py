@@ -145,6 +145,28 @@ def test_a_real_signal_then_resume_is_exact(tmp_path, dropout_model_dir, csv_dat
     _same_run(uninterrupted, run)
 
 
+def test_a_kill_before_the_first_checkpoint_then_resume_starts_over_and_ends_exact(tmp_path, dropout_model_dir,
+                                                                                     csv_data, uninterrupted):
+    """kill -9 once the run directory exists but before its first checkpoint: --resume (as a stopped run is
+    told) starts the run again from the beginning, says so, and ends as the uninterrupted run."""
+    run = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(_cli(run, dropout_model_dir, csv_data), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    while not (run / "run_config.json").is_file():
+        assert proc.poll() is None and time.time() - start < 120, proc.communicate()
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert not (run / "checkpoint").exists()  # the case under test: nothing to resume from
+    again = subprocess.run([sys.executable, "-m", "dsee", "train", "--out", str(run), "--resume", "--no-progress"],
+                           env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "no checkpoint yet: starting the run again from the beginning" in again.stderr + again.stdout
+    _same_run(uninterrupted, run)
+
+
 class _Boom:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
