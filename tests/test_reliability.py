@@ -295,6 +295,27 @@ def test_a_read_only_file_system_is_a_message(tmp_path, source_run, tiny_model_d
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_read_only_file_system_after_the_lock_is_a_message(tmp_path, tiny_model_dir, csv_data, monkeypatch, capsys):
+    """EROFS on the first file the run writes after taking its lock (run_config.json, through ``atomic_file``):
+    one line, exit 2, as at the lock."""
+    import errno
+
+    import dsee.files as files
+    from dsee.cli import main
+
+    def read_only(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(files, "_create_exclusively", read_only)
+    argv = ["train", "--out", str(tmp_path / "new"), "--model", tiny_model_dir, "--train-file", csv_data[0],
+            "--validation-file", csv_data[1], "--text-columns", "text", "--label-column", "label", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system (the file system is read-only: write somewhere else)" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new" / "run_config.json").exists()
+
+
 def _limited(argv: list[str], max_bytes: int) -> subprocess.CompletedProcess:
     """``argv`` (a dsee command) in a child whose files may not grow beyond ``max_bytes`` (``ulimit -f``)."""
     import resource
