@@ -230,19 +230,26 @@ def fsdp(_: argparse.Namespace) -> str:
 
 
 def fsdp_loading(_: argparse.Namespace) -> str:
-    """bench_fsdp.py --synthetic: per-process memory of loading a large checkpoint whole or tensor by tensor."""
-    r = latest("bench_fsdp", lambda e: e["results"]["model"] == "synthetic Llama")
+    """bench_fsdp.py --synthetic, every record: per-process memory of loading a large checkpoint whole or tensor
+    by tensor, and of the training steps after it (which grow with the tokens per process)."""
+    records = [dict(e["results"], _commit=e["commit"], _date=e["date"][:10], _argv=e["argv"])
+               for e in read_jsonl("results.jsonl")
+               if e["benchmark"] == "bench_fsdp" and e["results"]["model"] == "synthetic Llama"]
+    if not records:
+        raise LookupError("no record of bench_fsdp --synthetic in results.jsonl")
     names = {"bf16": "bf16 frozen", "gc+bf16": "bf16 frozen + checkpointing"}
-    lines = ["| variant | processes | loading | loading peak MB | loading peak / fp32 checkpoint | training peak MB | "
-             "training peak / fp32 checkpoint |", "|---|---|---|---|---|---|---|"]
-    size = r["checkpoint_mb"]
-    for row in r["rows"]:
-        lines.append(f"| {names.get(row['variant'], row['variant'])} | {row['processes']} | {row['loading']} | "
-                     f"{row['build_peak_mb']:.0f} | {row['build_peak_mb'] / size:.2f} | {row['train_peak_mb']:.0f} | "
-                     f"{row['train_peak_mb'] / size:.2f} |")
-    return ("\n".join(lines) + f"\n\nA Llama of {size:.0f} MB in fp32 (random weights), per process the largest over "
-            f"the processes, {r['batch_size'] // 2} × {r['seq_len']} tokens per process; target: every peak ≤ 0.5 × the "
-            f"fp32 checkpoint + 1 GB = {0.5 * size + 1024:.0f} MB ({source(r)}).\n")
+    lines = ["| tokens per process | variant | loading | loading peak MB | / fp32 checkpoint | training peak MB | "
+             "/ fp32 checkpoint |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        size = r["checkpoint_mb"]
+        for row in r["rows"]:
+            lines.append(f"| {row['per_process_batch']} × {r['seq_len']} | {names.get(row['variant'], row['variant'])} | "
+                         f"{row['loading']} | {row['build_peak_mb']:.0f} | {row['build_peak_mb'] / size:.2f} | "
+                         f"{row['train_peak_mb']:.0f} | {row['train_peak_mb'] / size:.2f} |")
+    size = records[-1]["checkpoint_mb"]
+    return ("\n".join(lines) + f"\n\nA Llama of {size:.0f} MB in fp32 (random weights) on 2 processes, per process the "
+            f"largest over the processes; target: every peak ≤ 0.5 × the fp32 checkpoint + 1 GB = {0.5 * size + 1024:.0f} MB "
+            f"({'; '.join(source(r) for r in records)}).\n")
 
 
 def cola_check(_: argparse.Namespace) -> str:
