@@ -67,6 +67,14 @@ def test_unstructured_prune_retune_export_reload(source_run, tmp_path, capsys):
     torch.testing.assert_close(_logits(load_pretrained(compact), inputs), before, rtol=0, atol=1e-5)
 
 
+def _export_reproduces(run, out) -> None:
+    """``dsee export RUN --out OUT`` reloads (``load_pretrained``) to the run's own logits within 1e-5."""
+    model, inputs = _model_and_inputs(run)
+    before = _logits(model, inputs)
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    torch.testing.assert_close(_logits(load_pretrained(out), inputs), before, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("head_score", ["delta", "importance"])
 def test_structured_prune_retune_export_reload(source_run, tmp_path, head_score):
     run2 = tmp_path / "heads"
@@ -78,11 +86,8 @@ def test_structured_prune_retune_export_reload(source_run, tmp_path, head_score)
     assert metrics["pruning"]["ffn_per_layer"] == [48, 48]
     source_flops = json.loads((source_run / "metrics.json").read_text())["flops"]["total"]
     assert metrics["flops"]["total"] < 0.8 * source_flops
-    model, inputs = _model_and_inputs(run2)
-    before = _logits(model, inputs)
     out = tmp_path / "export"
-    assert main(["export", str(run2), "--out", str(out)]) == 0
-    torch.testing.assert_close(_logits(load_pretrained(out), inputs), before, rtol=0, atol=1e-5)
+    _export_reproduces(run2, out)
     assert not json.loads((out / "dsee_export.json").read_text())["stock"]
 
     report = tmp_path / "report"
@@ -151,11 +156,8 @@ def test_mpnet_run_pruned_by_importance_with_distillation_exports_what_it_evalua
     assert metrics["teacher_seconds"] > 0
     source_flops = json.loads((source / "metrics.json").read_text())["flops"]["total"]
     assert metrics["flops"]["total"] < 0.7 * source_flops
-    model, inputs = _model_and_inputs(run2)
-    before = _logits(model, inputs)
     out = tmp_path / "export"
-    assert main(["export", str(run2), "--out", str(out)]) == 0
-    torch.testing.assert_close(_logits(load_pretrained(out), inputs), before, rtol=0, atol=1e-5)
+    _export_reproduces(run2, out)
 
 
 def _stop_after(monkeypatch, step: int) -> None:
