@@ -45,10 +45,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _protocol import Family  # noqa: E402
 from _record import HERE, record  # noqa: E402
 from frontier_experiment import budget_density, mean_std  # noqa: E402
-
-from dsee.evaluation.statistics import paired as paired_test  # noqa: E402
 
 RUNS_PATH = HERE / "sparse_llm_runs.jsonl"
 BASES = {"dense": None, "w50": {"sparsity": 0.5}, "p24": {"pattern": "2:4"}}
@@ -209,13 +208,12 @@ def sparsity_of(entry: dict, which: str) -> float:
     return sum(z[which] for z in zeros.values()) / sum(z["entries"] for z in zeros.values())
 
 
-def paired(mine: list[dict], theirs: list[dict], measure, digits: int) -> str:
-    """Paired difference by seed (mine − theirs): mean, 95% t-interval, pairs, paired t p and exact sign-flip p."""
+def paired(family: Family, mine: list[dict], theirs: list[dict], measure, digits: int) -> str:
+    """Paired difference by seed (mine − theirs): mean, 95% t-interval, pairs, paired t p, exact sign-flip p
+    and its Holm adjustment over the report's tests (``family``)."""
     by_seed = {e["key"]["seed"]: measure(e) for e in theirs}
-    diffs = [measure(e) - by_seed[e["key"]["seed"]] for e in mine if e["key"]["seed"] in by_seed]
-    if not diffs:
-        return "–"
-    return paired_test(diffs).text(digits)
+    return family.paired([measure(e) - by_seed[e["key"]["seed"]] for e in mine if e["key"]["seed"] in by_seed],
+                         digits)
 
 
 def report(args, cells: dict[str, list[dict]]) -> str:
@@ -224,13 +222,15 @@ def report(args, cells: dict[str, list[dict]]) -> str:
              f"{args.train_samples} training rows, {args.epochs:g} epoch, batch 8, label smoothing 0.1, lr {args.lr:g}; "
              f"dev loss per target token and BLEU (×100, beam {args.beams}) on the first {args.decode_items} dev MRs; "
              f"LoRA r = {args.rank}, DSEE r = {args.rank // 2} + half of LoRA's budget in S. Mean ± std (seeds); "
-             "paired differences by seed (mean [95% t-interval] (pairs; paired t p, exact sign-flip p)). Sparsity: exact zeros of the blocks' "
+             "paired differences by seed (mean [95% t-interval] (pairs; paired t p, exact sign-flip p, Holm p over "
+             "the report's tests)). Sparsity: exact zeros of the blocks' "
              "q, k, v, o and FFN weights of the merged export; 'lost': zeros of the pruned base that the merge "
              "filled in.", "",
              "| variant | base | trainable | merged sparsity | base zeros lost | matrices keeping every zero | dev loss "
              "| BLEU | Δ dev loss vs dense LoRA | Δ BLEU vs dense LoRA | Δ dev loss vs LoRA on the base | Δ BLEU vs "
              "LoRA on the base |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     reference = cells.get("dense-lora", [])
+    family = Family()
     for variant, runs in cells.items():
         if not runs:
             continue
@@ -244,12 +244,12 @@ def report(args, cells: dict[str, list[dict]]) -> str:
                f"{lost:,.0f} of {base_zeros:,.0f}" if base_zeros else "–",
                f"{kept} of {len(runs[0]['zeros'])}", mean_std([e["dev_loss"] for e in runs], 3),
                mean_std([bleu(e) for e in runs]),
-               paired(runs, reference, lambda e: e["dev_loss"], 3) if variant != "dense-lora" else "",
-               paired(runs, reference, bleu, 2) if variant != "dense-lora" else "",
-               paired(runs, plain, lambda e: e["dev_loss"], 3) if plain else "",
-               paired(runs, plain, bleu, 2) if plain else ""]
+               paired(family, runs, reference, lambda e: e["dev_loss"], 3) if variant != "dense-lora" else "",
+               paired(family, runs, reference, bleu, 2) if variant != "dense-lora" else "",
+               paired(family, runs, plain, lambda e: e["dev_loss"], 3) if plain else "",
+               paired(family, runs, plain, bleu, 2) if plain else ""]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return family.render("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> dict:

@@ -41,14 +41,16 @@ BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /
 # the experiments' report settings (report-only: nothing is trained); the data folder is needed only
 # where a report reads references (E2E)
 REPORTS = {
-    "glue_experiment": ["--data-dir", "{data}/glue", "--no-extend-edges", "--seeds", "1,2"],
+    "glue_experiment": ["--data-dir", "{data}/glue", "--no-extend-edges", "--seeds", "1,2", "--no-record"],
     "prune_experiment": ["--data-dir", "{data}/glue", "--tasks", "stsb,mrpc", "--seeds", "1,2,3",
-                         "--variants", "retune only,unstructured50 weight,unstructured50 wanda,2:4 wanda"],
+                         "--variants", "retune only,unstructured50 weight,unstructured50 wanda,2:4 wanda", "--no-record"],
     "frontier_experiment": ["--data-dir", "{data}", "--tasks", "mrpc,stsb,sst2,e2e", "--ranks", "4,8,16,32",
                             "--e2e-ranks", "4,16", "--e2e-splits", "0.5", "--splits", "0.5,0.75", "--seeds",
                             "1,2,3,4,5", "--probe-rank", "each", "--glue-lrs", "0.0015,0.003", "--e2e-lrs", "0.002",
                             "--ablation-rank", "8", "--ablation-tasks", "mrpc,stsb,e2e", "--ablation-methods",
-                            "gradient,random,magnitude", "--ablation-lrs", "gradient=0.00075,0.0015,0.003"],
+                            "gradient,random,magnitude", "--ablation-lrs", "gradient=0.00075,0.0015,0.003",
+                            "--no-record"],
+    "sparse_llm_experiment": ["--data-dir", "{data}", "--seeds", "1,2,3"],
 }
 
 
@@ -524,14 +526,13 @@ def render(text: str, args: argparse.Namespace, cache: dict[str, str]) -> str:
 
 
 REPORT_FILES = {"glue_experiment": "glue_results.md", "prune_experiment": "prune_results.md",
-                "frontier_experiment": "frontier_results.md"}
+                "frontier_experiment": "frontier_results.md", "sparse_llm_experiment": "sparse_llm_results.md"}
 
 
 def write_reports(args: argparse.Namespace, folder: Path = HERE) -> None:
     """Each experiment's report (``*_results.md`` and its plot) from its records, into ``folder``."""
     for script, settings in REPORTS.items():
-        argv = [a.format(data=args.data_dir) for a in settings] + ["--report-only", "--no-record",
-                                                                    "--report-dir", str(folder)]
+        argv = [a.format(data=args.data_dir) for a in settings] + ["--report-only", "--report-dir", str(folder)]
         with contextlib.redirect_stdout(io.StringIO()):
             load_script(script).main(argv)
 
