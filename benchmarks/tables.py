@@ -67,13 +67,19 @@ def read_jsonl(name: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def records(benchmark: str, where: Callable[[dict], bool] = lambda r: True) -> list[dict]:
+    """Every record of ``benchmark`` in results.jsonl satisfying ``where``, oldest first (each its ``results``,
+    plus the record's commit and date under ``_commit`` and ``_date``)."""
+    return [dict(entry["results"], _commit=entry["commit"], _date=entry["date"][:10], _argv=entry["argv"])
+            for entry in read_jsonl("results.jsonl") if entry["benchmark"] == benchmark and where(entry)]
+
+
 def latest(benchmark: str, where: Callable[[dict], bool] = lambda r: True) -> dict:
-    """The last record of ``benchmark`` in results.jsonl satisfying ``where`` (its ``results``, plus the record's
-    commit and date under ``_commit`` and ``_date``)."""
-    for entry in reversed(read_jsonl("results.jsonl")):
-        if entry["benchmark"] == benchmark and where(entry):
-            return dict(entry["results"], _commit=entry["commit"], _date=entry["date"][:10], _argv=entry["argv"])
-    raise LookupError(f"no record of {benchmark!r} in results.jsonl")
+    """The last of ``records(benchmark, where)``."""
+    found = records(benchmark, where)
+    if not found:
+        raise LookupError(f"no record of {benchmark!r} in results.jsonl")
+    return found[-1]
 
 
 def load_script(name: str):
@@ -234,34 +240,28 @@ def fsdp(_: argparse.Namespace) -> str:
 def fsdp_loading(_: argparse.Namespace) -> str:
     """bench_fsdp.py --synthetic, every record: per-process memory of loading a large checkpoint whole or tensor
     by tensor, and of the training steps after it (which grow with the tokens per process)."""
-    records = [dict(e["results"], _commit=e["commit"], _date=e["date"][:10], _argv=e["argv"])
-               for e in read_jsonl("results.jsonl")
-               if e["benchmark"] == "bench_fsdp" and e["results"]["model"] == "synthetic Llama"]
-    if not records:
+    found = records("bench_fsdp", lambda e: e["results"]["model"] == "synthetic Llama")
+    if not found:
         raise LookupError("no record of bench_fsdp --synthetic in results.jsonl")
     names = {"bf16": "bf16 frozen", "gc+bf16": "bf16 frozen + checkpointing"}
     lines = ["| tokens per process | variant | loading | loading peak MB | / fp32 checkpoint | training peak MB | "
              "/ fp32 checkpoint |", "|---|---|---|---|---|---|---|"]
-    for r in records:
+    for r in found:
         size = r["checkpoint_mb"]
         for row in r["rows"]:
             lines.append(f"| {row['per_process_batch']} × {r['seq_len']} | {names.get(row['variant'], row['variant'])} | "
                          f"{row['loading']} | {row['build_peak_mb']:.0f} | {row['build_peak_mb'] / size:.2f} | "
                          f"{row['train_peak_mb']:.0f} | {row['train_peak_mb'] / size:.2f} |")
-    size = records[-1]["checkpoint_mb"]
+    size = found[-1]["checkpoint_mb"]
     return ("\n".join(lines) + f"\n\nA Llama of {size:.0f} MB in fp32 (random weights) on 2 processes, per process the "
             f"largest over the processes; target: every peak ≤ 0.5 × the fp32 checkpoint + 1 GB = {0.5 * size + 1024:.0f} MB "
-            f"({'; '.join(source(r) for r in records)}).\n")
+            f"({'; '.join(source(r) for r in found)}).\n")
 
 
 def cola_check(_: argparse.Namespace) -> str:
     """cola_check.py: the frozen checkpoint's linear probe, then one run per change to the defaults (latest of each)."""
     probe = latest("cola_check_probe")
-    runs: dict[str, dict] = {}
-    for entry in read_jsonl("results.jsonl"):
-        if entry["benchmark"] == "cola_check_run":
-            runs[entry["results"]["variant"]] = dict(entry["results"], _commit=entry["commit"],
-                                                     _date=entry["date"][:10], _argv=entry["argv"])
+    runs = {r["variant"]: r for r in records("cola_check_run")}  # the latest run of each variant
     p = probe["probe"]
     lines = [f"Linear probe of the frozen checkpoint (logistic regression on {probe['train_samples']:,} training "
              f"sentences, dev MCC ×100): pooler output {100 * p['pooler']:.1f} (class-balanced "
