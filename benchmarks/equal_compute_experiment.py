@@ -192,6 +192,40 @@ COMPARISONS = (("dsee-gradient", "lora", "equal steps"), ("dsee-gradient", "lora
                ("dsee-gradient-slr", "dsee-gradient", "what S's own rate buys"))
 
 
+QUESTIONS = (("its parameters", "lora", "equal steps and equal trainable parameters"),
+             ("its compute", "lora-extra", "equal forward/backward passes: LoRA trains on for the support's passes"))
+
+
+def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
+    """Plain answers to the issue's question, from the dev loss (the score without decoding noise): S earns
+    its parameters / compute only if DSEE's dev loss is lower than LoRA's / LoRA-with-extra-steps' with a
+    95% t-interval below zero, on ``needed`` seeds at least. The DSEE side is the S-rate variant chosen on
+    the selection seed (the common rate when the choice was 1). BLEU is quoted beside it, not decisive."""
+    from dsee.evaluation.statistics import paired as paired_test
+
+    dsee = "dsee-gradient-slr" if ratio not in (None, 1.0) else "dsee-gradient"
+    answers = []
+    for what, against, held in QUESTIONS:
+        losses = paired(runs, dsee, against, lambda e: e["dev_loss"])
+        if len(losses) < needed:
+            answers.append(f"- Does S earn {what} ({held})? Not decided yet: {len(losses)} of the {needed} "
+                           "seeds needed are recorded for both sides.")
+            continue
+        loss = paired_test(losses)
+        bleu = paired_test(paired(runs, dsee, against, lambda e: 100 * e["scores"]["bleu"]))
+        low, high = loss.ci
+        if high < 0:
+            answer = "**yes**: DSEE's dev loss is lower"
+        elif low > 0:
+            answer = "**no**: DSEE's dev loss is higher"
+        else:
+            answer = "**no measurable gain**: the interval of the dev-loss difference holds zero"
+        answers.append(f"- Does S earn {what} ({held})? {answer} ({LABEL[dsee]} − {LABEL[against]}: "
+                       f"{loss.mean:+.3f} [{low:+.3f}, {high:+.3f}], {loss.n} seeds; BLEU ×100 {bleu.mean:+.2f}"
+                       + (f" [{bleu.ci[0]:+.2f}, {bleu.ci[1]:+.2f}]" if bleu.ci else "") + ").")
+    return "\n".join(answers) + "\n"
+
+
 def report(args, runs: dict, ratio: float | None) -> str:
     family = Family()
     bleu = lambda e: 100 * e["scores"]["bleu"]  # noqa: E731
@@ -222,7 +256,7 @@ def report(args, runs: dict, ratio: float | None) -> str:
             f"dev loss per target token and beam-{args.beams} BLEU on the first {args.eval_items} dev MRs. "
             f"The gradient support spends {support_passes(args)} passes ({args.support_warmup_steps} LoRA warm-up steps, "
             f"{args.support_batches} gradient batches) before training. {selection}. Evaluation seeds {args.seeds}.\n\n"
-            + "\n".join(lines) + "\n\nPaired by seed: mean [95% t-interval] (pairs; t-test p, exact sign-flip p, Holm p "
+            + "\n".join(lines) + "\n\n" + verdict(runs, ratio) + "\nPaired by seed: mean [95% t-interval] (pairs; t-test p, exact sign-flip p, Holm p "
             f"over the {'{tests}'} tests of this report):\n\n" + "\n".join(tests) + "\n" + boot)
     return family.render(text.replace("{tests}", str(len(family))))
 
@@ -275,16 +309,12 @@ def plot(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+def collect(args, methods) -> tuple[float | None, dict]:
+    """The chosen S-rate ratio and every method's runs at the evaluation seeds, from the records (and,
+    unless ``--report-only``, by running what is missing)."""
     runs_file = Path(args.runs_file)
     args.finished = [json.loads(line)["results"] for line in runs_file.read_text().splitlines() if line.strip()] \
         if runs_file.is_file() else []
-    start = time.perf_counter()
     ratio = chosen_ratio(args) if "dsee-gradient-slr" in methods else None
     runs: dict = {}
     for seed in seeds_arg(args.seeds):  # seed-major: a stopped experiment has every method at fewer seeds
@@ -294,6 +324,17 @@ def main(argv=None) -> int:
             entry = run_one(args, method, seed, ratio if method == "dsee-gradient-slr" else 1.0)
             if entry is not None:
                 runs.setdefault(method, []).append(entry)
+    return ratio, runs
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    start = time.perf_counter()
+    ratio, runs = collect(args, methods)
     text = report(args, runs, ratio)
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ REPORTS = {
                             "gradient,random,magnitude", "--ablation-lrs", "gradient=0.00075,0.0015,0.003",
                             "--no-record"],
     "sparse_llm_experiment": ["--data-dir", "{data}", "--seeds", "1,2,3"],
+    "equal_compute_experiment": ["--data-dir", "{data}", "--seeds", "1,2,3", "--no-record"],
 }
 
 
@@ -304,6 +305,18 @@ def frontier_cells(args: argparse.Namespace):
     return frontier, report_args, frontier.gather(report_args)["cells"]
 
 
+def equal_compute(args: argparse.Namespace) -> str:
+    """Whether S earns its parameters and its compute (E2E, SmolLM2-135M): the experiment's own answer
+    and its runs per method, from its records under the REPORTS settings."""
+    experiment = load_script("equal_compute_experiment")
+    report_args = experiment.parse_args([a.format(data=args.data_dir) for a in REPORTS["equal_compute_experiment"]]
+                                        + ["--report-only"])
+    ratio, runs = experiment.collect(report_args, list(experiment.METHODS))
+    counts = "; ".join(f"{experiment.LABEL[m]}: {len(runs.get(m, []))}" for m in experiment.METHODS)
+    return (experiment.verdict(runs, ratio) + f"\nRuns recorded at the evaluation seeds {report_args.seeds}: {counts}. "
+            "Full report: `equal_compute_results.md`.\n")
+
+
 def frontier_summary(args: argparse.Namespace) -> str:
     """DSEE (half the budget in S) − LoRA at every budget: per task, pooled; E2E BLEU and dev loss."""
     frontier, report_args, cells = frontier_cells(args)
@@ -511,7 +524,7 @@ def measured(args: argparse.Namespace) -> str:
 BLOCKS: dict[str, Callable[[argparse.Namespace], str]] = {
     "step": step, "support": support, "merged": merged, "deploy": deploy, "pruned-speed": pruned_speed,
     "fsdp": fsdp, "fsdp-loading": fsdp_loading, "cola-check": cola_check, "deploy-latency": deploy_latency, "grebsmo-scale": grebsmo_scale, "defaults": defaults, "frontier-summary": frontier_summary, "glue-summary": glue_summary,
-    "prune-summary": prune_summary, "structured-seed0": structured_seed0, "e2e-n64": e2e_n64, "measured": measured,
+    "prune-summary": prune_summary, "equal-compute": equal_compute, "structured-seed0": structured_seed0, "e2e-n64": e2e_n64, "measured": measured,
 }
 
 
@@ -531,7 +544,8 @@ def render(text: str, args: argparse.Namespace, cache: dict[str, str]) -> str:
 
 
 REPORT_FILES = {"glue_experiment": "glue_results.md", "prune_experiment": "prune_results.md",
-                "frontier_experiment": "frontier_results.md", "sparse_llm_experiment": "sparse_llm_results.md"}
+                "frontier_experiment": "frontier_results.md", "sparse_llm_experiment": "sparse_llm_results.md",
+                "equal_compute_experiment": "equal_compute_results.md"}
 
 
 def write_reports(args: argparse.Namespace, folder: Path = HERE) -> None:

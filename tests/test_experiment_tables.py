@@ -99,3 +99,63 @@ def test_step_rows_read_the_paired_ratio_and_peak_memory(monkeypatch):
               "memory": {"default": {"lora": {"total_peak_mb": 2000.0}, "dsee:1%": {"total_peak_mb": 2100.0}}}}
     monkeypatch.setattr(tables, "step_record", lambda model: record)
     assert tables.step_rows("bert-base") == [("dsee:1%", 1.02, 1.07, pytest.approx(1.05))]
+
+
+# --- the equal-compute experiment (S at equal compute) -----------------------------------------------
+
+equal = _load("equal_compute_experiment")
+
+
+def _equal_args(**overrides):
+    args = equal.parse_args(["--data-dir", "unused", "--report-only", *overrides.get("argv", [])])
+    args.finished = overrides.get("finished", [])
+    return args
+
+
+def test_lora_extra_gets_exactly_the_support_passes_as_steps():
+    args = _equal_args()
+    extra = equal.settings(args, "lora-extra", 1)
+    steps = equal.steps_per_epoch(args)
+    assert steps == 500
+    assert extra["epochs"] * steps == pytest.approx(steps + args.support_warmup_steps + args.support_batches)
+    assert equal.settings(args, "lora", 1)["epochs"] == 1.0
+
+
+def test_dsee_spends_half_of_loras_parameters_in_s():
+    args = _equal_args()
+    dsee = equal.settings(args, "dsee-gradient", 1)["adapter"]
+    lora_params = sum(16 * (o + i) for o, i in equal.SHAPES)
+    s_params = dsee["sparse_density"] * sum(o * i for o, i in equal.SHAPES)
+    assert dsee["rank"] == 8
+    assert s_params == pytest.approx(lora_params / 2)
+
+
+def _ec_run(method, seed, loss, bleu, ratio=1.0):
+    args = _equal_args()
+    return {"key": equal.key_of(args, method, seed, ratio), "dev_loss": loss, "steps": 500, "passes": 500,
+            "trainable_parameters": 10, "train_seconds": 1.0, "scores": {"bleu": bleu, "nist": 1.0},
+            "predictions": []}
+
+
+def test_ratio_is_chosen_on_the_selection_seed_nearest_one_on_ties():
+    selection = [_ec_run("dsee-gradient", 0, 1.5, 0.5, r) for r in (0.25, 1.0, 4.0)]
+    selection[0]["dev_loss"] = selection[2]["dev_loss"] = 1.4  # 0.25 and 4 tie below 1
+    args = _equal_args(finished=selection)
+    assert equal.chosen_ratio(args) == 0.25  # |log 0.25| = |log 4|: the first of the sorted ties
+    args = _equal_args(finished=selection[:2])  # a selection run missing: no choice yet
+    assert equal.chosen_ratio(args) is None
+
+
+def test_verdict_follows_the_interval_of_the_dev_loss():
+    runs = {"lora-extra": [_ec_run("lora-extra", s, 1.60, 0.60) for s in (1, 2, 3)],
+            "dsee-gradient": [_ec_run("dsee-gradient", s, 1.60 + d, 0.60) for s, d in ((1, -0.03), (2, -0.02), (3, -0.025))]}
+    text = equal.verdict(runs, 1.0)
+    assert "earn its compute" in text and "**yes**" in text and "-0.025 [" in text
+    assert "earn its parameters" in text and "Not decided yet: 0 of the 3" in text  # no plain-LoRA runs
+    runs["dsee-gradient"][0]["dev_loss"] = 1.65  # differences +0.05, −0.02, −0.025: the interval holds zero
+    assert "no measurable gain" in equal.verdict(runs, 1.0)
+    for e, d in zip(runs["dsee-gradient"], (0.03, 0.02, 0.025)):
+        e["dev_loss"] = 1.60 + d
+    assert "**no**: DSEE's dev loss is higher" in equal.verdict(runs, 1.0)
+    # a chosen S rate other than 1 puts the S-rate runs on the DSEE side: none recorded here
+    assert "Not decided yet: 0 of the 3" in equal.verdict(runs, 4.0).split("\n")[1]
