@@ -230,8 +230,8 @@ def report(args, runs: dict, ratio: float | None) -> str:
     family = Family()
     bleu = lambda e: 100 * e["scores"]["bleu"]  # noqa: E731
     loss = lambda e: e["dev_loss"]  # noqa: E731
-    lines = ["| method | trainable | steps | forward/backward passes | dev loss | BLEU ×100 | NIST | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | trainable | steps | forward/backward passes | dev loss | BLEU ×100 | NIST | train s | decode s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
         mine = runs.get(method, [])
         if not mine:
@@ -239,7 +239,8 @@ def report(args, runs: dict, ratio: float | None) -> str:
         nist = [e["scores"]["nist"] for e in mine]
         lines.append(f"| {LABEL[method]} | {mine[0]['trainable_parameters']:,} | {mine[0]['steps']} | {mine[0]['passes']} | "
                      f"{mean_std([loss(e) for e in mine], 3)} | {mean_std([bleu(e) for e in mine], 2)} | "
-                     f"{mean_std(nist, 2)} | {statistics.mean(e['train_seconds'] for e in mine):.0f} |")
+                     f"{mean_std(nist, 2)} | {statistics.mean(e['train_seconds'] for e in mine):.0f} | "
+                     f"{statistics.mean(e['decode_seconds'] for e in mine):.0f} |")
     tests = ["| comparison | what it holds equal | dev loss (lower is better) | BLEU ×100 |", "|---|---|---|---|"]
     for method, against, what in COMPARISONS:
         if runs.get(method) and runs.get(against):
