@@ -46,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _protocol import SELECTION_SEED, Family, seeds_arg  # noqa: E402
 from _record import HERE, record  # noqa: E402
 
+from dsee.evaluation.statistics import paired as paired_test  # noqa: E402
+
 RUNS_PATH = HERE / "equal_compute_runs.jsonl"
 METHODS = ("lora", "lora-extra", "dsee-gradient", "dsee-gradient-slr")
 LABEL = {"lora": "LoRA r = 16", "lora-extra": "LoRA r = 16 + the support's passes as steps",
@@ -174,6 +176,15 @@ def chosen_ratio(args) -> float | None:
 # --- the report ------------------------------------------------------------------------------------
 
 
+def dev_loss(entry: dict) -> float:
+    return entry["dev_loss"]
+
+
+def bleu_points(entry: dict) -> float:
+    """BLEU ×100, as the tables print it."""
+    return 100 * entry["scores"]["bleu"]
+
+
 def mean_std(values: list[float], digits: int) -> str:
     if not values:
         return "–"
@@ -201,18 +212,16 @@ def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
     its parameters / compute only if DSEE's dev loss is lower than LoRA's / LoRA-with-extra-steps' with a
     95% t-interval below zero, on ``needed`` seeds at least. The DSEE side is the S-rate variant chosen on
     the selection seed (the common rate when the choice was 1). BLEU is quoted beside it, not decisive."""
-    from dsee.evaluation.statistics import paired as paired_test
-
     dsee = "dsee-gradient-slr" if ratio not in (None, 1.0) else "dsee-gradient"
     answers = []
     for what, against, held in QUESTIONS:
-        losses = paired(runs, dsee, against, lambda e: e["dev_loss"])
+        losses = paired(runs, dsee, against, dev_loss)
         if len(losses) < needed:
             answers.append(f"- Does S earn {what} ({held})? Not decided yet: {len(losses)} of the {needed} "
                            "seeds needed are recorded for both sides.")
             continue
         loss = paired_test(losses)
-        bleu = paired_test(paired(runs, dsee, against, lambda e: 100 * e["scores"]["bleu"]))
+        bleu = paired_test(paired(runs, dsee, against, bleu_points))
         low, high = loss.ci
         if high < 0:
             answer = "**yes**: DSEE's dev loss is lower"
@@ -228,8 +237,6 @@ def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
 
 def report(args, runs: dict, ratio: float | None) -> str:
     family = Family()
-    bleu = lambda e: 100 * e["scores"]["bleu"]  # noqa: E731
-    loss = lambda e: e["dev_loss"]  # noqa: E731
     lines = ["| method | trainable | steps | forward/backward passes | dev loss | BLEU ×100 | NIST | train s | decode s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for method in METHODS:
@@ -238,15 +245,15 @@ def report(args, runs: dict, ratio: float | None) -> str:
             continue
         nist = [e["scores"]["nist"] for e in mine]
         lines.append(f"| {LABEL[method]} | {mine[0]['trainable_parameters']:,} | {mine[0]['steps']} | {mine[0]['passes']} | "
-                     f"{mean_std([loss(e) for e in mine], 3)} | {mean_std([bleu(e) for e in mine], 2)} | "
+                     f"{mean_std([dev_loss(e) for e in mine], 3)} | {mean_std([bleu_points(e) for e in mine], 2)} | "
                      f"{mean_std(nist, 2)} | {statistics.mean(e['train_seconds'] for e in mine):.0f} | "
                      f"{statistics.mean(e['decode_seconds'] for e in mine):.0f} |")
     tests = ["| comparison | what it holds equal | dev loss (lower is better) | BLEU ×100 |", "|---|---|---|---|"]
     for method, against, what in COMPARISONS:
         if runs.get(method) and runs.get(against):
             tests.append(f"| {LABEL[method]} − {LABEL[against]} | {what} | "
-                         f"{family.paired(paired(runs, method, against, loss), 3)} | "
-                         f"{family.paired(paired(runs, method, against, bleu), 2)} |")
+                         f"{family.paired(paired(runs, method, against, dev_loss), 3)} | "
+                         f"{family.paired(paired(runs, method, against, bleu_points), 2)} |")
     boot = bleu_tests(args, runs, family)
     selection = (f"S-rate ratio chosen on seed {SELECTION_SEED} from {args.ratios}: "
                  + (f"{ratio:g}" if ratio is not None else "not yet (a selection run is missing)")
@@ -294,7 +301,7 @@ def plot(runs: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, method in enumerate(m for m in METHODS if runs.get(m)):
         mine = sorted(runs[method], key=lambda e: e["key"]["seed"])
-        for ax, values in ((ax1, [e["dev_loss"] for e in mine]), (ax2, [100 * e["scores"]["bleu"] for e in mine])):
+        for ax, values in ((ax1, [dev_loss(e) for e in mine]), (ax2, [bleu_points(e) for e in mine])):
             ax.plot([i] * len(values), values, "o", alpha=0.6)
             ax.errorbar([i], [statistics.mean(values)], yerr=[statistics.stdev(values) if len(values) > 1 else 0],
                         fmt="_", color="black", capsize=6)

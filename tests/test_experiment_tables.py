@@ -106,9 +106,9 @@ def test_step_rows_read_the_paired_ratio_and_peak_memory(monkeypatch):
 equal = _load("equal_compute_experiment")
 
 
-def _equal_args(**overrides):
-    args = equal.parse_args(["--data-dir", "unused", "--report-only", *overrides.get("argv", [])])
-    args.finished = overrides.get("finished", [])
+def _equal_args(finished=()):
+    args = equal.parse_args(["--data-dir", "unused", "--report-only"])
+    args.finished = list(finished)
     return args
 
 
