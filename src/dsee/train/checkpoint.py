@@ -51,6 +51,7 @@ class Progress:
     train_seconds: float = 0.0
     examples_seen: int = 0
     teacher_seconds: float = 0.0  # of train_seconds, in the teacher's forward (``dsee prune --distill``)
+    teacher_forwards: int = 0  # the teacher's forward passes in this process (one per micro-batch)
     # the training loss logged at an evaluation averages this epoch's micro-batches so far: kept here, so that
     # a resumed run logs what the uninterrupted one did
     running_loss: float = 0.0

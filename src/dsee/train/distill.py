@@ -78,7 +78,8 @@ class Teacher:
     ``model``: the teacher (its parameters are frozen and it is put in eval mode here); ``weight``,
     ``temperature``, ``hidden_weight`` (None: no hidden-state term): the terms of the module doc.
     ``autocast``: the context the student's forward runs in (Accelerate's mixed precision), so
-    that both see the same precision. ``seconds`` adds up the time spent in the teacher's forward.
+    that both see the same precision. ``seconds`` adds up the time spent in the teacher's forward,
+    ``forwards`` counts its forward passes (one per micro-batch: an exact record that it ran).
     """
 
     def __init__(self, model: nn.Module, weight: float, temperature: float, hidden_weight: float | None = None,
@@ -87,6 +88,7 @@ class Teacher:
         self.weight, self.temperature, self.hidden_weight = weight, temperature, hidden_weight
         self.autocast = autocast
         self.seconds = 0.0
+        self.forwards = 0
 
     def outputs(self, batch: Mapping[str, torch.Tensor]):
         """The teacher's output on ``batch`` (labels dropped), no gradients, timed."""
@@ -95,6 +97,7 @@ class Teacher:
         with torch.no_grad(), self.autocast():
             out = self.model(**inputs, output_hidden_states=self.hidden_weight is not None)
         self.seconds += time.perf_counter() - start
+        self.forwards += 1
         return out
 
     def pop_seconds(self) -> float:

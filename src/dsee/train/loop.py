@@ -493,6 +493,8 @@ def run_epoch(s: Session, interrupt_after: int | None) -> None:
         progress.train_seconds += now - tick
         if s.teacher is not None:
             progress.teacher_seconds += s.teacher.pop_seconds()
+            progress.teacher_forwards += s.teacher.forwards
+            s.teacher.forwards = 0
         tick = now
         s.bar.update(1)
         s.bar.set_postfix(loss=f"{progress.running_loss / progress.running_count:.4f}",
@@ -546,7 +548,9 @@ def finish(s: Session) -> dict[str, Any]:
         "world_size": s.accelerator.num_processes,
     }
     if s.teacher is not None:  # what the teacher's forward passes cost (in train_seconds)
-        metrics["teacher_seconds"] = round(progress.teacher_seconds, 2)
+        # 4 decimals: a tiny model's teacher costs milliseconds, which 2 decimals would round to 0
+        metrics["teacher_seconds"] = round(progress.teacher_seconds, 4)
+        metrics["teacher_forwards"] = progress.teacher_forwards
     if data.task_type == "generation":
         metrics["truncated_sources"] = data.truncated_sources  # train and dev rows whose source was cut
     if data.task_type == "classification" and progress.best_class_counts is not None:
