@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--report-dir", default=str(HERE))
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--selection-only", action="store_true",
+                   help="only the selection seed's runs at --ratios (two processes can share them out)")
     return p.parse_args(argv)
 
 
@@ -341,6 +343,9 @@ def main(argv=None) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    if args.selection_only:
+        print(f"S-rate ratio with the lowest dev loss among {args.ratios}: {chosen_ratio(args)}")
+        return 0
     start = time.perf_counter()
     ratio, runs = collect(args, methods)
     text = report(args, runs, ratio)
