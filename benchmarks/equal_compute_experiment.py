@@ -319,12 +319,17 @@ def plot(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def collect(args, methods) -> tuple[float | None, dict]:
-    """The chosen S-rate ratio and every method's runs at the evaluation seeds, from the records (and,
-    unless ``--report-only``, by running what is missing)."""
+def read_finished(args) -> None:
+    """``args.finished``: every run recorded in ``--runs-file`` (``run_one`` returns these instead of training)."""
     runs_file = Path(args.runs_file)
     args.finished = [json.loads(line)["results"] for line in runs_file.read_text().splitlines() if line.strip()] \
         if runs_file.is_file() else []
+
+
+def collect(args, methods) -> tuple[float | None, dict]:
+    """The chosen S-rate ratio and every method's runs at the evaluation seeds, from the records (and,
+    unless ``--report-only``, by running what is missing)."""
+    read_finished(args)
     ratio = chosen_ratio(args) if "dsee-gradient-slr" in methods else None
     runs: dict = {}
     for seed in seeds_arg(args.seeds):  # seed-major: a stopped experiment has every method at fewer seeds
@@ -344,6 +349,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     if args.selection_only:
+        read_finished(args)
         print(f"S-rate ratio with the lowest dev loss among {args.ratios}: {chosen_ratio(args)}")
         return 0
     start = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -159,3 +160,16 @@ def test_verdict_follows_the_interval_of_the_dev_loss():
     assert "**no**: DSEE's dev loss is higher" in equal.verdict(runs, 1.0)
     # a chosen S rate other than 1 puts the S-rate runs on the DSEE side: none recorded here
     assert "Not decided yet: 0 of the 3" in equal.verdict(runs, 4.0).split("\n")[1]
+
+
+def test_selection_only_reads_the_recorded_runs_and_trains_nothing(tmp_path, capsys):
+    """``--selection-only`` answers from the records (``--report-only``: a missing run is not trained)."""
+    runs_file = tmp_path / "runs.jsonl"
+    selection = [_ec_run("dsee-gradient", 0, loss, 0.5, r) for r, loss in ((0.25, 1.5), (1.0, 1.4), (4.0, 1.45))]
+    runs_file.write_text("".join(json.dumps({"results": e}) + "\n" for e in selection))
+    argv = ["--data-dir", "unused", "--report-only", "--selection-only", "--runs-file", str(runs_file)]
+    assert equal.main(argv) == 0
+    assert capsys.readouterr().out.strip().endswith(": 1.0")
+    runs_file.write_text("".join(json.dumps({"results": e}) + "\n" for e in selection[:2]))
+    assert equal.main(argv) == 0
+    assert capsys.readouterr().out.strip().endswith(": None")  # a selection run is missing: no choice
