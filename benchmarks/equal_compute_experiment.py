@@ -213,7 +213,8 @@ def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
     """Plain answers to the issue's question, from the dev loss (the score without decoding noise): S earns
     its parameters / compute only if DSEE's dev loss is lower than LoRA's / LoRA-with-extra-steps' with a
     95% t-interval below zero, on ``needed`` seeds at least. The DSEE side is the S-rate variant chosen on
-    the selection seed (the common rate when the choice was 1). BLEU is quoted beside it, not decisive."""
+    the selection seed (the common rate when the choice was 1; until that choice is made, ``ratio`` None,
+    the common rate, and the answer says it is provisional). BLEU is quoted beside it, not decisive."""
     dsee = "dsee-gradient-slr" if ratio not in (None, 1.0) else "dsee-gradient"
     answers = []
     for what, against, held in QUESTIONS:
@@ -233,7 +234,9 @@ def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
             answer = "**no measurable gain**: the interval of the dev-loss difference holds zero"
         answers.append(f"- Does S earn {what} ({held})? {answer} ({LABEL[dsee]} − {LABEL[against]}: "
                        f"{loss.mean:+.3f} [{low:+.3f}, {high:+.3f}], {loss.n} seeds; BLEU ×100 {bleu.mean:+.2f}"
-                       + (f" [{bleu.ci[0]:+.2f}, {bleu.ci[1]:+.2f}]" if bleu.ci else "") + ").")
+                       + (f" [{bleu.ci[0]:+.2f}, {bleu.ci[1]:+.2f}]" if bleu.ci else "") + ")."
+                       + (" Provisional: S at the common rate, as S's own rate is not chosen on the selection seed "
+                          "yet." if ratio is None else ""))
     return "\n".join(answers) + "\n"
 
 

@@ -151,7 +151,8 @@ def test_verdict_follows_the_interval_of_the_dev_loss():
     runs = {"lora-extra": [_ec_run("lora-extra", s, 1.60, 0.60) for s in (1, 2, 3)],
             "dsee-gradient": [_ec_run("dsee-gradient", s, 1.60 + d, 0.60) for s, d in ((1, -0.03), (2, -0.02), (3, -0.025))]}
     text = equal.verdict(runs, 1.0)
-    assert "earn its compute" in text and "**yes**" in text and "-0.025 [" in text
+    assert "earn its compute" in text and "**yes**" in text and "-0.025 [" in text and "Provisional" not in text
+    assert "**yes**" in equal.verdict(runs, None) and "Provisional" in equal.verdict(runs, None)  # no S rate yet
     assert "earn its parameters" in text and "Not decided yet: 0 of the 3" in text  # no plain-LoRA runs
     runs["dsee-gradient"][0]["dev_loss"] = 1.65  # differences +0.05, −0.02, −0.025: the interval holds zero
     assert "no measurable gain" in equal.verdict(runs, 1.0)
