@@ -151,7 +151,7 @@ def time_steps(steppers: dict[str, Stepper], batches: list[dict], rounds: int) -
             torch.manual_seed(r)  # the same dropout draws for every variant
             stepper = steppers[n]
             if stepper.teacher is not None:
-                stepper.teacher.pop_seconds()
+                stepper.teacher.pop_usage()
             start, start_cpu = time.perf_counter(), time.thread_time()
             for batch in batches:
                 stepper.step(batch)
@@ -161,7 +161,7 @@ def time_steps(steppers: dict[str, Stepper], batches: list[dict], rounds: int) -
             samples[n].append(elapsed / len(batches))
             cpu[n].append(elapsed_cpu / len(batches))
             if stepper.teacher is not None:
-                teacher[n] += stepper.teacher.pop_seconds() / len(batches)
+                teacher[n] += stepper.teacher.pop_usage()[0] / len(batches)
     return {n: {"median_s": statistics.median(samples[n]), "samples_s": samples[n],
                 "median_thread_cpu_s": statistics.median(cpu[n]), "teacher_share": teacher[n] / sum(samples[n])}
             for n in names}

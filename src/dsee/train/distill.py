@@ -100,10 +100,11 @@ class Teacher:
         self.forwards += 1
         return out
 
-    def pop_seconds(self) -> float:
-        """The teacher time since the last call (the training loop adds it to the run's progress)."""
-        seconds, self.seconds = self.seconds, 0.0
-        return seconds
+    def pop_usage(self) -> tuple[float, int]:
+        """The teacher's seconds and forward passes since the last call (the loop adds them to the run's progress)."""
+        usage = (self.seconds, self.forwards)
+        self.seconds, self.forwards = 0.0, 0
+        return usage
 
     def loss(self, student: nn.Module, batch: Mapping[str, torch.Tensor], task_type: str) -> torch.Tensor:
         """The student's loss on ``batch`` (with labels): the task loss mixed with the distillation terms."""

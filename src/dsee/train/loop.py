@@ -492,9 +492,9 @@ def run_epoch(s: Session, interrupt_after: int | None) -> None:
         now = time.perf_counter()
         progress.train_seconds += now - tick
         if s.teacher is not None:
-            progress.teacher_seconds += s.teacher.pop_seconds()
-            progress.teacher_forwards += s.teacher.forwards
-            s.teacher.forwards = 0
+            seconds, forwards = s.teacher.pop_usage()
+            progress.teacher_seconds += seconds
+            progress.teacher_forwards += forwards
         tick = now
         s.bar.update(1)
         s.bar.set_postfix(loss=f"{progress.running_loss / progress.running_count:.4f}",
