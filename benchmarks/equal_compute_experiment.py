@@ -162,14 +162,21 @@ def run_one(args, method: str, seed: int, ratio: float = 1.0, decode: bool = Tru
     return entry
 
 
-def chosen_ratio(args) -> float | None:
-    """The S-rate ratio with the lowest dev loss on the selection seed (ties: the one nearer 1); None while
-    a selection run is missing (report-only)."""
+def selection_losses(args) -> dict[float, float]:
+    """Per S-rate ratio of ``--ratios``, the dev loss of its run on the selection seed (missing runs are
+    trained, or left out with ``--report-only``)."""
     losses = {}
     for ratio in (float(r) for r in args.ratios.split(",")):
         entry = run_one(args, "dsee-gradient", SELECTION_SEED, ratio, decode=False)
         if entry is not None:
             losses[ratio] = entry["dev_loss"]
+    return losses
+
+
+def chosen_ratio(args) -> float | None:
+    """The S-rate ratio with the lowest dev loss on the selection seed (ties: the one nearer 1); None while
+    a selection run is missing (report-only)."""
+    losses = selection_losses(args)
     if len(losses) < len(args.ratios.split(",")):
         return None
     return min(sorted(losses, key=lambda r: abs(math.log(r))), key=losses.get)
@@ -209,6 +216,17 @@ QUESTIONS = (("its parameters", "lora", "equal steps and equal trainable paramet
              ("its compute", "lora-extra", "equal forward/backward passes: LoRA trains on for the support's passes"))
 
 
+def strength(loss) -> str:
+    """How far a t-interval's verdict carries (``loss``: the PairedComparison of the dev-loss differences):
+    on how many seeds the sign agrees, and the exact sign-flip test's p, which with few pairs cannot reach
+    0.05 whatever the effect (3 pairs: 0.25 at best)."""
+    agree = loss.negatives if loss.mean < 0 else loss.positives
+    if loss.sign_flip_p < 0.05:
+        return f" on the 95% t-interval, and the exact sign-flip test agrees (p {loss.sign_flip_p:.2f})"
+    return (f" on the 95% t-interval, {agree} of {loss.n} seeds agreeing (exact sign-flip p {loss.sign_flip_p:.2f}; "
+            f"{loss.n} pairs cannot give less than {loss.min_p:.2g}): consistent, not established")
+
+
 def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
     """Plain answers to the issue's question, from the dev loss (the score without decoding noise): S earns
     its parameters / compute only if DSEE's dev loss is lower than LoRA's / LoRA-with-extra-steps' with a
@@ -227,9 +245,9 @@ def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
         bleu = paired_test(paired(runs, dsee, against, bleu_points))
         low, high = loss.ci
         if high < 0:
-            answer = "**yes**: DSEE's dev loss is lower"
+            answer = "**yes**: DSEE's dev loss is lower" + strength(loss)
         elif low > 0:
-            answer = "**no**: DSEE's dev loss is higher"
+            answer = "**no**: DSEE's dev loss is higher" + strength(loss)
         else:
             answer = "**no measurable gain**: the interval of the dev-loss difference holds zero"
         answers.append(f"- Does S earn {what} ({held})? {answer} ({LABEL[dsee]} − {LABEL[against]}: "
@@ -260,7 +278,9 @@ def report(args, runs: dict, ratio: float | None) -> str:
                          f"{family.paired(paired(runs, method, against, dev_loss), 3)} | "
                          f"{family.paired(paired(runs, method, against, bleu_points), 2)} |")
     boot = bleu_tests(args, runs, family)
-    selection = (f"S-rate ratio chosen on seed {SELECTION_SEED} from {args.ratios}: "
+    tried = ", ".join(f"× {r:g}: {loss:.4f}" for r, loss in selection_losses(args).items())
+    selection = (f"S-rate ratio chosen on seed {SELECTION_SEED} from {args.ratios}"
+                 + (f" (dev loss {tried})" if tried else "") + ": "
                  + (f"{ratio:g}" if ratio is not None else "not yet (a selection run is missing)")
                  + (" (S's own rate is then the common rate: no separate runs)" if ratio == 1.0 else ""))
     text = ("# S at equal compute (SmolLM2-135M, E2E)\n\n"

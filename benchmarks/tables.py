@@ -312,9 +312,14 @@ def equal_compute(args: argparse.Namespace) -> str:
     report_args = experiment.parse_args([a.format(data=args.data_dir) for a in REPORTS["equal_compute_experiment"]]
                                         + ["--report-only"])
     ratio, runs = experiment.collect(report_args, list(experiment.METHODS))
-    counts = "; ".join(f"{experiment.LABEL[m]}: {len(runs.get(m, []))}" for m in experiment.METHODS)
-    return (experiment.verdict(runs, ratio) + f"\nRuns recorded at the evaluation seeds {report_args.seeds}: {counts}. "
-            "Full report: `equal_compute_results.md`.\n")
+    own_rate = ratio not in (None, 1.0)  # a ratio of 1 is the common rate: the DSEE runs themselves
+    counts = "; ".join(f"{experiment.LABEL[m]}: {len(runs.get(m, []))}" for m in experiment.METHODS
+                       if m != "dsee-gradient-slr" or own_rate)
+    tried = ", ".join(f"× {r:g}: {loss:.4f}" for r, loss in experiment.selection_losses(report_args).items())
+    chosen = "not yet chosen" if ratio is None else f"× {ratio:g} chosen"
+    return (experiment.verdict(runs, ratio) + f"\nS's own rate (a multiple of the common rate) on seed {SELECTION_SEED}, "
+            f"dev loss {tried or 'none recorded'}: {chosen}. Runs recorded at the evaluation seeds "
+            f"{report_args.seeds}: {counts}. Full report: `equal_compute_results.md`.\n")
 
 
 def frontier_summary(args: argparse.Namespace) -> str:

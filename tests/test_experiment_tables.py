@@ -152,6 +152,9 @@ def test_verdict_follows_the_interval_of_the_dev_loss():
             "dsee-gradient": [_ec_run("dsee-gradient", s, 1.60 + d, 0.60) for s, d in ((1, -0.03), (2, -0.02), (3, -0.025))]}
     text = equal.verdict(runs, 1.0)
     assert "earn its compute" in text and "**yes**" in text and "-0.025 [" in text and "Provisional" not in text
+    # 3 of 3 seeds lower: the sign-flip p is its floor, 2 / 2^3, so the answer says it is not established
+    assert "3 of 3 seeds agreeing (exact sign-flip p 0.25; 3 pairs cannot give less than 0.25)" in text
+    assert "consistent, not established" in text
     assert "**yes**" in equal.verdict(runs, None) and "Provisional" in equal.verdict(runs, None)  # no S rate yet
     assert "earn its parameters" in text and "Not decided yet: 0 of the 3" in text  # no plain-LoRA runs
     runs["dsee-gradient"][0]["dev_loss"] = 1.65  # differences +0.05, −0.02, −0.025: the interval holds zero
@@ -161,6 +164,21 @@ def test_verdict_follows_the_interval_of_the_dev_loss():
     assert "**no**: DSEE's dev loss is higher" in equal.verdict(runs, 1.0)
     # a chosen S rate other than 1 puts the S-rate runs on the DSEE side: none recorded here
     assert "Not decided yet: 0 of the 3" in equal.verdict(runs, 4.0).split("\n")[1]
+
+
+def test_verdict_says_when_the_sign_flip_test_agrees():
+    """With 6 seeds all lower, the exact sign-flip p is 2 / 2^6 = 0.03: the t-interval's answer stands."""
+    runs = {"lora": [_ec_run("lora", s, 1.60, 0.60) for s in range(1, 7)],
+            "dsee-gradient": [_ec_run("dsee-gradient", s, 1.58 - 0.001 * s, 0.60) for s in range(1, 7)]}
+    text = equal.verdict(runs, 1.0, needed=6)
+    assert "**yes**" in text and "the exact sign-flip test agrees (p 0.03)" in text and "not established" not in text
+
+
+def test_report_shows_every_selection_runs_dev_loss():
+    selection = [_ec_run("dsee-gradient", 0, loss, 0.5, r) for r, loss in ((0.25, 1.5), (1.0, 1.4), (4.0, 1.45))]
+    args = _equal_args(finished=selection)
+    text = equal.report(args, {}, equal.chosen_ratio(args))
+    assert "from 0.25,1,4 (dev loss × 0.25: 1.5000, × 1: 1.4000, × 4: 1.4500): 1 (" in text
 
 
 def test_selection_only_reads_the_recorded_runs_and_trains_nothing(tmp_path, capsys):
