@@ -173,6 +173,11 @@ def selection_losses(args) -> dict[float, float]:
     return losses
 
 
+def selection_text(args) -> str:
+    """'× 0.25: 1.3437, × 1: 1.3273, …': each recorded selection run's dev loss ('' when none is)."""
+    return ", ".join(f"× {r:g}: {loss:.4f}" for r, loss in selection_losses(args).items())
+
+
 def chosen_ratio(args) -> float | None:
     """The S-rate ratio with the lowest dev loss on the selection seed (ties: the one nearer 1); None while
     a selection run is missing (report-only)."""
@@ -278,7 +283,7 @@ def report(args, runs: dict, ratio: float | None) -> str:
                          f"{family.paired(paired(runs, method, against, dev_loss), 3)} | "
                          f"{family.paired(paired(runs, method, against, bleu_points), 2)} |")
     boot = bleu_tests(args, runs, family)
-    tried = ", ".join(f"× {r:g}: {loss:.4f}" for r, loss in selection_losses(args).items())
+    tried = selection_text(args)
     selection = (f"S-rate ratio chosen on seed {SELECTION_SEED} from {args.ratios}"
                  + (f" (dev loss {tried})" if tried else "") + ": "
                  + (f"{ratio:g}" if ratio is not None else "not yet (a selection run is missing)")

@@ -315,7 +315,7 @@ def equal_compute(args: argparse.Namespace) -> str:
     own_rate = ratio not in (None, 1.0)  # a ratio of 1 is the common rate: the DSEE runs themselves
     counts = "; ".join(f"{experiment.LABEL[m]}: {len(runs.get(m, []))}" for m in experiment.METHODS
                        if m != "dsee-gradient-slr" or own_rate)
-    tried = ", ".join(f"× {r:g}: {loss:.4f}" for r, loss in experiment.selection_losses(report_args).items())
+    tried = experiment.selection_text(report_args)
     chosen = "not yet chosen" if ratio is None else f"× {ratio:g} chosen"
     return (experiment.verdict(runs, ratio) + f"\nS's own rate (a multiple of the common rate) on seed {SELECTION_SEED}, "
             f"dev loss {tried or 'none recorded'}: {chosen}. Runs recorded at the evaluation seeds "
