@@ -221,21 +221,25 @@ QUESTIONS = (("its parameters", "lora", "equal steps and equal trainable paramet
              ("its compute", "lora-extra", "equal forward/backward passes: LoRA trains on for the support's passes"))
 
 
-def strength(loss) -> str:
-    """How far a t-interval's verdict carries (``loss``: the PairedComparison of the dev-loss differences):
-    on how many seeds the sign agrees, and the exact sign-flip test's p, which with few pairs cannot reach
-    0.05 whatever the effect (3 pairs: 0.25 at best)."""
-    agree = loss.negatives if loss.mean < 0 else loss.positives
+def decided(loss, word: str, direction: str) -> str:
+    """The answer when the t-interval excludes zero (``loss``: the PairedComparison of the dev-loss
+    differences). It is established only if the exact sign-flip test agrees (p < 0.05); with few pairs
+    it cannot, whatever the effect (3 pairs: p 0.25 at best), and the answer says so, with how many
+    seeds agree."""
     if loss.sign_flip_p < 0.05:
-        return f" on the 95% t-interval, and the exact sign-flip test agrees (p {loss.sign_flip_p:.2f})"
-    return (f" on the 95% t-interval, {agree} of {loss.n} seeds agreeing (exact sign-flip p {loss.sign_flip_p:.2f}; "
-            f"{loss.n} pairs cannot give less than {loss.min_p:.2g}): consistent, not established")
+        return (f"**{word}**: DSEE's dev loss is {direction} on the 95% t-interval, and the exact sign-flip "
+                f"test agrees (p {loss.sign_flip_p:.2f})")
+    agree = loss.negatives if loss.mean < 0 else loss.positives
+    return (f"**{word} by the t-interval, not established**: DSEE's dev loss is {direction} on the 95% "
+            f"t-interval, {agree} of {loss.n} seeds agreeing (exact sign-flip p {loss.sign_flip_p:.2f}; "
+            f"{loss.n} pairs cannot give less than {loss.min_p:.2g})")
 
 
 def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
     """Plain answers to the issue's question, from the dev loss (the score without decoding noise): S earns
     its parameters / compute only if DSEE's dev loss is lower than LoRA's / LoRA-with-extra-steps' with a
-    95% t-interval below zero, on ``needed`` seeds at least. The DSEE side is the S-rate variant chosen on
+    95% t-interval below zero, on ``needed`` seeds at least, and it is established only if the exact
+    sign-flip test agrees (``decided``). The DSEE side is the S-rate variant chosen on
     the selection seed (the common rate when the choice was 1; until that choice is made, ``ratio`` None,
     the common rate, and the answer says it is provisional). BLEU is quoted beside it, not decisive."""
     dsee = "dsee-gradient-slr" if ratio not in (None, 1.0) else "dsee-gradient"
@@ -250,9 +254,9 @@ def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
         bleu = paired_test(paired(runs, dsee, against, bleu_points))
         low, high = loss.ci
         if high < 0:
-            answer = "**yes**: DSEE's dev loss is lower" + strength(loss)
+            answer = decided(loss, "yes", "lower")
         elif low > 0:
-            answer = "**no**: DSEE's dev loss is higher" + strength(loss)
+            answer = decided(loss, "no", "higher")
         else:
             answer = "**no measurable gain**: the interval of the dev-loss difference holds zero"
         answers.append(f"- Does S earn {what} ({held})? {answer} ({LABEL[dsee]} − {LABEL[against]}: "

@@ -151,17 +151,17 @@ def test_verdict_follows_the_interval_of_the_dev_loss():
     runs = {"lora-extra": [_ec_run("lora-extra", s, 1.60, 0.60) for s in (1, 2, 3)],
             "dsee-gradient": [_ec_run("dsee-gradient", s, 1.60 + d, 0.60) for s, d in ((1, -0.03), (2, -0.02), (3, -0.025))]}
     text = equal.verdict(runs, 1.0)
-    assert "earn its compute" in text and "**yes**" in text and "-0.025 [" in text and "Provisional" not in text
+    assert "earn its compute" in text and "-0.025 [" in text and "Provisional" not in text
     # 3 of 3 seeds lower: the sign-flip p is its floor, 2 / 2^3, so the answer says it is not established
+    assert "**yes by the t-interval, not established**: DSEE's dev loss is lower" in text
     assert "3 of 3 seeds agreeing (exact sign-flip p 0.25; 3 pairs cannot give less than 0.25)" in text
-    assert "consistent, not established" in text
-    assert "**yes**" in equal.verdict(runs, None) and "Provisional" in equal.verdict(runs, None)  # no S rate yet
+    assert "**yes by" in equal.verdict(runs, None) and "Provisional" in equal.verdict(runs, None)  # no S rate yet
     assert "earn its parameters" in text and "Not decided yet: 0 of the 3" in text  # no plain-LoRA runs
     runs["dsee-gradient"][0]["dev_loss"] = 1.65  # differences +0.05, −0.02, −0.025: the interval holds zero
     assert "no measurable gain" in equal.verdict(runs, 1.0)
     for e, d in zip(runs["dsee-gradient"], (0.03, 0.02, 0.025)):
         e["dev_loss"] = 1.60 + d
-    assert "**no**: DSEE's dev loss is higher" in equal.verdict(runs, 1.0)
+    assert "**no by the t-interval, not established**: DSEE's dev loss is higher" in equal.verdict(runs, 1.0)
     # a chosen S rate other than 1 puts the S-rate runs on the DSEE side: none recorded here
     assert "Not decided yet: 0 of the 3" in equal.verdict(runs, 4.0).split("\n")[1]
 
@@ -171,7 +171,8 @@ def test_verdict_says_when_the_sign_flip_test_agrees():
     runs = {"lora": [_ec_run("lora", s, 1.60, 0.60) for s in range(1, 7)],
             "dsee-gradient": [_ec_run("dsee-gradient", s, 1.58 - 0.001 * s, 0.60) for s in range(1, 7)]}
     text = equal.verdict(runs, 1.0, needed=6)
-    assert "**yes**" in text and "the exact sign-flip test agrees (p 0.03)" in text and "not established" not in text
+    assert "**yes**: DSEE's dev loss is lower on the 95% t-interval, and the exact sign-flip test agrees (p 0.03)" in text
+    assert "not established" not in text
 
 
 def test_report_shows_every_selection_runs_dev_loss():
