@@ -178,6 +178,12 @@ def selection_text(args) -> str:
     return ", ".join(f"× {r:g}: {loss:.4f}" for r, loss in selection_losses(args).items())
 
 
+def has_own_rate_runs(ratio: float | None) -> bool:
+    """Whether the chosen S-rate ratio needs runs of its own: not while unchosen (None), and not at 1,
+    where S's rate is the common rate and the ``dsee-gradient`` runs are the variant itself."""
+    return ratio not in (None, 1.0)
+
+
 def chosen_ratio(args) -> float | None:
     """The S-rate ratio with the lowest dev loss on the selection seed (ties: the one nearer 1); None while
     a selection run is missing (report-only)."""
@@ -242,7 +248,7 @@ def verdict(runs: dict, ratio: float | None, needed: int = 3) -> str:
     sign-flip test agrees (``decided``). The DSEE side is the S-rate variant chosen on
     the selection seed (the common rate when the choice was 1; until that choice is made, ``ratio`` None,
     the common rate, and the answer says it is provisional). BLEU is quoted beside it, not decisive."""
-    dsee = "dsee-gradient-slr" if ratio not in (None, 1.0) else "dsee-gradient"
+    dsee = "dsee-gradient-slr" if has_own_rate_runs(ratio) else "dsee-gradient"
     answers = []
     for what, against, held in QUESTIONS:
         losses = paired(runs, dsee, against, dev_loss)
@@ -366,7 +372,7 @@ def collect(args, methods) -> tuple[float | None, dict]:
     runs: dict = {}
     for seed in seeds_arg(args.seeds):  # seed-major: a stopped experiment has every method at fewer seeds
         for method in methods:
-            if method == "dsee-gradient-slr" and ratio in (None, 1.0):  # 1: the dsee-gradient runs themselves
+            if method == "dsee-gradient-slr" and not has_own_rate_runs(ratio):
                 continue
             entry = run_one(args, method, seed, ratio if method == "dsee-gradient-slr" else 1.0)
             if entry is not None:

@@ -313,9 +313,8 @@ def equal_compute(args: argparse.Namespace) -> str:
     report_args = experiment.parse_args([a.format(data=args.data_dir) for a in REPORTS["equal_compute_experiment"]]
                                         + ["--report-only"])
     ratio, runs = experiment.collect(report_args, list(experiment.METHODS))
-    own_rate = ratio not in (None, 1.0)  # a ratio of 1 is the common rate: the DSEE runs themselves
     counts = "; ".join(f"{experiment.LABEL[m]}: {len(runs.get(m, []))}" for m in experiment.METHODS
-                       if m != "dsee-gradient-slr" or own_rate)
+                       if m != "dsee-gradient-slr" or experiment.has_own_rate_runs(ratio))
     tried = experiment.selection_text(report_args)
     chosen = "not yet chosen" if ratio is None else f"× {ratio:g} chosen"
     return (experiment.verdict(runs, ratio) + f"\nS's own rate (a multiple of the common rate) on seed {SELECTION_SEED}, "
