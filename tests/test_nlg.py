@@ -69,7 +69,11 @@ def child_pids() -> set[int]:
     """Children of this process (Linux /proc); zombies count until they are reaped."""
     pids: set[int] = set()
     for f in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        pids.update(int(p) for p in f.read_text().split())
+        try:
+            pids.update(int(p) for p in f.read_text().split())
+        except FileNotFoundError:
+            # A thread (a tokenizer or torch worker) ended between the listing and the read: it has no children.
+            continue
     return pids
 
 
