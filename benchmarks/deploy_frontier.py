@@ -140,12 +140,31 @@ def model_path(args, family: str) -> str:
     return resolve_model(None) if family == "minilm" else args.mpnet_model
 
 
+# all-mpnet-base-v2's published shapes (its config.json): enough to plan, key and report its runs where the
+# checkpoint is not prepared (a report rebuilt from the records on a machine without it, as in CI)
+MPNET_SHAPES = {"model_type": "mpnet", "vocab_size": 30527, "hidden_size": 768, "num_hidden_layers": 12,
+                "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
+                "relative_attention_num_buckets": 32}
+
+
+def architecture(args, family: str):
+    """``family``'s transformers config for a 2-label classifier: from its checkpoint, or, for mpnet without
+    one, from ``MPNET_SHAPES`` (shapes are all that FLOPs shares and run keys depend on)."""
+    from transformers import AutoConfig, MPNetConfig
+
+    path = model_path(args, family)
+    if family == "mpnet" and not (Path(path) / "config.json").is_file():
+        shapes = {k: v for k, v in MPNET_SHAPES.items() if k != "model_type"}
+        return MPNetConfig(**shapes, num_labels=2)
+    return AutoConfig.from_pretrained(path, num_labels=2)
+
+
 def skeleton(args, family: str):
     """The architecture of ``family`` as a classifier, on the meta device (shapes only)."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    config = AutoConfig.from_pretrained(model_path(args, family), num_labels=2)
+    config = architecture(args, family)
     with torch.device("meta"):
         return AutoModelForSequenceClassification.from_config(config)
 
@@ -570,8 +589,9 @@ def score(entry: dict) -> float:
 def cell(values: list[float]) -> str:
     if not values:
         return "–"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f} ({len(values)})"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1)"  # one seed: no spread to show
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
 
 
 def configurations(args, task: str) -> list[Run]:
@@ -707,6 +727,127 @@ def task_comparisons(args, task: str) -> list[tuple[str, str, PairedComparison]]
     return out
 
 
+# --- the README summary: the issue's three targets ------------------------------------------------
+
+SHAPES = ("1x128", "32x128")
+INT8_LOSS, INT8_SPEEDUP = 0.3, 1.7  # int8 alone: at most this loss, at least this speed-up over fp32 ONNX Runtime
+DEEP_TARGET, DEEP_SPEEDUP, DEEP_LOSS = 0.35, 5.0, 1.0  # MiniLM at 35% FLOPs + int8 vs fp32 PyTorch and the control
+
+
+def measured_as(args, fmt: str | None):
+    """How a run's entry is scored: in PyTorch (``fmt`` None) or its ``fmt`` export (None when not scored)."""
+    return score if fmt is None else (lambda entry: export_score(args, entry, fmt))
+
+
+def paired_by_seed(args, a: Run, b: Run, fmt_a: str | None = None, fmt_b: str | None = None) -> list[float]:
+    """``a`` scored as ``fmt_a`` − ``b`` scored as ``fmt_b`` (×100), one per evaluation seed both have."""
+    ea, eb = seeds_of(args, a), seeds_of(args, b)
+    out = []
+    for seed in sorted(set(ea) & set(eb)):
+        x, y = measured_as(args, fmt_a)(ea[seed]), measured_as(args, fmt_b)(eb[seed])
+        if x is not None and y is not None:
+            out.append(x - y)
+    return out
+
+
+def per_task(args, make_pair) -> tuple[str, list[float]]:
+    """'MRPC F1 +0.10 [..] (3; ..); ...' over the tasks with pairs, and each task's mean difference.
+    ``make_pair(task, lr)`` gives the two runs (and formats) to pair on ``task``."""
+    texts, means = [], []
+    for task in args.task_list:
+        lr = args.__dict__.get("_lrs", {}).get(("minilm", task))
+        pair = make_pair(task, lr) if lr is not None else None
+        d = paired_by_seed(args, *pair) if pair is not None else []
+        if d:
+            result = paired(d)
+            texts.append(f"{TASK_LABEL[task]} " + (result.text(2) if result.n > 1 else f"{result.mean:+.2f} (1 pair)"))
+            means.append(result.mean)
+    return ("; ".join(texts) or "no pairs yet"), means
+
+
+def speedups(latency: dict | None, run: Run, backend: str, over: str | None = None) -> list[float] | None:
+    """``run`` on ``backend`` as a speed-up over ``run`` on ``over`` (None: over the unpruned fp32 PyTorch
+    MiniLM, the latency record's reference), at every shape; None before latency is measured."""
+    times = [latency_of(latency, run, backend, shape) for shape in SHAPES]
+    base = [1.0] * len(SHAPES) if over is None else [latency_of(latency, run, over, shape) for shape in SHAPES]
+    if any(t is None for t in times + base):
+        return None
+    return [b / t for b, t in zip(base, times)]
+
+
+def verdict(losses: list[float], bound: float, speed: list[float] | None, least: float) -> str:
+    """'met' / 'missed' on every task's mean loss (≤ ``bound``) and every shape's speed-up (≥ ``least``)."""
+    if not losses or speed is None:
+        return "not measured yet"
+    ok = all(-m <= bound for m in losses) and all(x >= least for x in speed)
+    return ("met" if ok else "missed") + f" ({len(losses)} task{'s' if len(losses) > 1 else ''})"
+
+
+def frontier_table(args) -> str:
+    """Every configuration across the tasks (README "Deploy"): FLOPs, dev score per task (PyTorch; mean ± std
+    (seeds)), the int8 export's score minus PyTorch's (mean over the pairs of every task), and time at 32 × 128
+    (PyTorch / ONNX fp32 / ONNX int8, × the unpruned fp32 PyTorch MiniLM)."""
+    latency = latest_latency(args)
+    by_label: dict[str, dict] = {}
+    for task in args.task_list:
+        for run, found, flops_ratio in table_rows(args, task):
+            row = by_label.setdefault(run.label, {"run": run, "flops": flops_ratio, "tasks": {}, "int8": []})
+            row["tasks"][task] = cell([score(e) for e in found.values()])
+            row["int8"] += [x - score(e) for e in found.values()
+                            if (x := export_score(args, e, "onnx-int8")) is not None]
+    head = " | ".join(TASK_LABEL[t] for t in args.task_list)
+    lines = [f"| model | FLOPs × MiniLM | {head} | int8 − PyTorch (pairs) | time 32 × 128: PyTorch / ONNX fp32 / "
+             "int8 |", "|---|---|" + "---|" * len(args.task_list) + "---|---|"]
+    for label, row in by_label.items():
+        flops = "–" if row["flops"] is None else f"{row['flops']:.3f}"
+        int8 = f"{statistics.mean(row['int8']):+.2f} ({len(row['int8'])})" if row["int8"] else "–"
+        times = " / ".join("–" if x is None else f"{x:.3f}"
+                           for x in (latency_of(latency, row["run"], b, "32x128") for b in BACKENDS))
+        lines.append(f"| {label} | {flops} | " + " | ".join(row["tasks"].get(t, "–") for t in args.task_list)
+                     + f" | {int8} | {times} |")
+    return "\n".join(lines) + "\n"
+
+
+def targets_summary(args) -> str:
+    """The issue's targets as a table (README "Deploy"): int8 alone; MiniLM at 35% FLOPs + int8; pruned mpnet
+    at MiniLM's FLOPs against fine-tuned MiniLM. Per task, paired by seed (never pooled across metrics)."""
+    latency = latest_latency(args)
+    shapes = " / ".join(s.replace("x", " × ") for s in SHAPES)
+
+    def speed_text(x):
+        return "latency not measured yet" if x is None else ", ".join(f"{v:.2f}×" for v in x) + f" at {shapes}"
+
+    source = lambda task, lr: Run("minilm", task, 0, lr, "source")  # noqa: E731
+    control = lambda task, lr: Run("minilm", task, 0, lr, "retune-only")  # noqa: E731
+    deep = lambda task, lr: Run("minilm", task, 0, lr, "pruned", DEEP_TARGET, True)  # noqa: E731
+    rows = ["| target | measured (×100, mean [95% t-interval] (seeds; t p, flip p)) | verdict |", "|---|---|---|"]
+
+    text, means = per_task(args, lambda t, lr: (source(t, lr), source(t, lr), "onnx-int8", "onnx-fp32"))
+    speed = speedups(latency, source("mrpc", 0.0), "onnx-int8", over="onnx-fp32")
+    rows.append(f"| int8 alone (MiniLM fine-tuned): int8 − fp32 ONNX score ≥ −{INT8_LOSS:g}; speed-up over fp32 "
+                f"ONNX Runtime ≥ {INT8_SPEEDUP:g}× | {text}; {speed_text(speed)} | "
+                f"{verdict(means, INT8_LOSS, speed, INT8_SPEEDUP)} |")
+
+    text, means = per_task(args, lambda t, lr: (deep(t, lr), control(t, lr), "onnx-int8", None))
+    speed = speedups(latency, deep("mrpc", 0.0), "onnx-int8")
+    rows.append(f"| MiniLM at {DEEP_TARGET:.0%} FLOPs + distill, int8: score − the re-tune-only control ≥ "
+                f"−{DEEP_LOSS:g}; speed-up over unpruned fp32 PyTorch ≥ {DEEP_SPEEDUP:g}× | {text}; "
+                f"{speed_text(speed)} | {verdict(means, DEEP_LOSS, speed, DEEP_SPEEDUP)} |")
+
+    for target in args.targets.get("mpnet", []):
+        def mpnet_pair(task, lr, target=target):
+            mpnet_lr = args._lrs.get(("mpnet", task))
+            return None if mpnet_lr is None else (Run("mpnet", task, 0, mpnet_lr, "pruned", target, True),
+                                                  source(task, lr))
+        text, means = per_task(args, mpnet_pair)
+        speed = speedups(latency, Run("mpnet", "mrpc", 0, 0.0, "pruned", target, True), "torch fp32")
+        above = "not measured yet" if not means else (
+            ("met" if all(m > 0 for m in means) else "missed") + f" ({len(means)} task{'s' if len(means) > 1 else ''})")
+        rows.append(f"| mpnet at {target:.1%} of its FLOPs (MiniLM's) + distill, PyTorch: score − fine-tuned MiniLM "
+                    f"> 0 | {text}; {speed_text(speed)} (× MiniLM, both fp32 PyTorch) | {above} |")
+    return "\n".join(rows) + "\n"
+
+
 def plot(args, path: Path) -> bool:
     """Per task: dev score against latency (32×128, × unpruned fp32 PyTorch MiniLM) when measured, else
     FLOPs; with latency and export scores, the int8 ONNX models too (hollow markers)."""
@@ -756,18 +897,35 @@ def plot(args, path: Path) -> bool:
 # --- main ----------------------------------------------------------------------------------------
 
 
+def load(args) -> None:
+    """The finished runs of ``--runs-file`` and the FLOPs targets, onto ``args``."""
+    runs_file = Path(args.runs_file)
+    args.finished = [json.loads(line)["results"] for line in runs_file.read_text().splitlines() if line.strip()] \
+        if runs_file.is_file() else []
+    args.targets = flops_targets(args)
+
+
+def choose_rates(args) -> None:
+    """``args._lrs``: the rate of every (family, task) chosen on the selection seed (trained first if missing,
+    unless report-only; a pair still missing one is left out)."""
+    args._lrs = {}
+    for family in ["minilm"] + ([] if args.no_mpnet else ["mpnet"]):
+        for task in args.task_list:
+            lr = chosen_lr(args, family, task)
+            if lr is not None:
+                args._lrs[family, task] = lr
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     runs_file = Path(args.runs_file)
-    args.finished = [json.loads(line)["results"] for line in runs_file.read_text().splitlines() if line.strip()] \
-        if runs_file.is_file() else []
-    if not args.no_mpnet and not (Path(args.mpnet_model) / "config.json").is_file():
+    if not (args.no_mpnet or args.report_only) and not (Path(args.mpnet_model) / "config.json").is_file():
         raise SystemExit(f"{args.mpnet_model}: no all-mpnet-base-v2 there; run benchmarks/prepare_mpnet.py "
                          "(or --no-mpnet)")
-    args.targets = flops_targets(args)
+    load(args)
     if args.measure_latency:
         measure_latency(args)
         return 0
@@ -777,12 +935,7 @@ def main(argv=None) -> int:
         print_estimate(args, planned(args))
         if args.estimate:
             return 0
-    args._lrs = {}
-    for family in ["minilm"] + ([] if args.no_mpnet else ["mpnet"]):
-        for task in args.task_list:
-            lr = chosen_lr(args, family, task)
-            if lr is not None:
-                args._lrs[family, task] = lr
+    choose_rates(args)
     for seed in args.seed_list:  # seed-major: a stopped experiment leaves every task at fewer seeds
         for task in args.task_list:
             for family in ["minilm"] + ([] if args.no_mpnet else ["mpnet"]):

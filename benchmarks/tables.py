@@ -53,6 +53,7 @@ REPORTS = {
                             "--no-record"],
     "sparse_llm_experiment": ["--data-dir", "{data}", "--seeds", "1,2,3"],
     "equal_compute_experiment": ["--data-dir", "{data}", "--seeds", "1,2,3", "--no-record"],
+    "deploy_frontier": ["--data-dir", "{data}/glue", "--seeds", "1,2,3", "--no-record"],
 }
 
 
@@ -87,6 +88,7 @@ def latest(benchmark: str, where: Callable[[dict], bool] = lambda r: True) -> di
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
@@ -346,6 +348,25 @@ def frontier_summary(args: argparse.Namespace) -> str:
     return family.render(text)
 
 
+def deploy_frontier(args: argparse.Namespace) -> str:
+    """The deployment frontier (README "Deploy"): every configuration across the tasks, then the issue's
+    three targets, from the frontier's records under its REPORTS settings."""
+    module = load_script("deploy_frontier")
+    report_args = module.parse_args([a.format(data=args.data_dir) for a in REPORTS["deploy_frontier"]]
+                                    + ["--report-only"])
+    module.load(report_args)
+    module.choose_rates(report_args)
+    runs = [e for e in report_args.finished if e["key"].get("kind") in ("source", "pruned", "retune-only")
+            and "deploy" not in e["key"] and e["key"]["seed"] in report_args.seed_list]
+    seeds_done = sorted({e["key"]["seed"] for e in runs})
+    tasks_done = [module.TASK_LABEL[t] for t in report_args.task_list if any(e["key"]["task"] == t for e in runs)]
+    return (module.frontier_table(report_args) + "\n" + module.targets_summary(report_args)
+            + f"\n{len(runs)} runs recorded at evaluation seeds {', '.join(map(str, seeds_done)) or 'none'} "
+            f"(of {report_args.seeds}) on {', '.join(tasks_done) or 'no task'}; the protocol's plan is "
+            f"{len(module.planned(report_args))} runs. Full report and plot: `deploy_frontier_results.md`, "
+            "`deploy_frontier_results.png`.\n")
+
+
 def glue_results(args: argparse.Namespace):
     glue = load_script("glue_experiment")
     report_args = glue.parse_args([a.format(data=args.data_dir) for a in REPORTS["glue_experiment"]] + ["--report-only"])
@@ -532,6 +553,7 @@ BLOCKS: dict[str, Callable[[argparse.Namespace], str]] = {
     "step": step, "support": support, "merged": merged, "deploy": deploy, "pruned-speed": pruned_speed,
     "fsdp": fsdp, "fsdp-loading": fsdp_loading, "cola-check": cola_check, "deploy-latency": deploy_latency, "grebsmo-scale": grebsmo_scale, "defaults": defaults, "frontier-summary": frontier_summary, "glue-summary": glue_summary,
     "prune-summary": prune_summary, "equal-compute": equal_compute, "structured-seed0": structured_seed0, "e2e-n64": e2e_n64, "measured": measured,
+    "deploy-frontier": deploy_frontier,
 }
 
 
@@ -552,7 +574,7 @@ def render(text: str, args: argparse.Namespace, cache: dict[str, str]) -> str:
 
 REPORT_FILES = {"glue_experiment": "glue_results.md", "prune_experiment": "prune_results.md",
                 "frontier_experiment": "frontier_results.md", "sparse_llm_experiment": "sparse_llm_results.md",
-                "equal_compute_experiment": "equal_compute_results.md"}
+                "equal_compute_experiment": "equal_compute_results.md", "deploy_frontier": "deploy_frontier_results.md"}
 
 
 def write_reports(args: argparse.Namespace, folder: Path = HERE) -> None:

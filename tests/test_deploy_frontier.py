@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -68,3 +69,61 @@ def test_export_scores_are_parsed_and_missing_commands_are_skipped_with_a_note(t
     out = capsys.readouterr().out
     assert "onnx-fp32" in out and "--quantize int8" in out and args.finished == []
     assert not (tmp_path / "exports").exists()
+
+
+def test_mpnet_shapes_without_the_checkpoint_give_its_flops_and_shares(tmp_path):
+    """A report rebuilt where all-mpnet-base-v2 is not prepared keys its runs as the real checkpoint does."""
+    prepared = BENCH.parent / "models" / "all-mpnet-base-v2"
+    if not (prepared / "config.json").is_file():
+        pytest.skip("all-mpnet-base-v2 is not prepared (python benchmarks/prepare_mpnet.py)")
+    real = frontier.parse_args(["--data-dir", "x", "--mpnet-model", str(prepared)])
+    shapes = frontier.parse_args(["--data-dir", "x", "--mpnet-model", str(tmp_path / "absent")])
+    config = json.loads((prepared / "config.json").read_text())
+    assert {k: config[k] for k in frontier.MPNET_SHAPES} == frontier.MPNET_SHAPES
+    assert frontier.full_flops(shapes, "mpnet") == frontier.full_flops(real, "mpnet")
+    assert frontier.flops_targets(shapes) == frontier.flops_targets(real)
+    target = frontier.flops_targets(real)["mpnet"][0]
+    assert frontier.structure(shapes, "mpnet", target) == frontier.structure(real, "mpnet", target)
+
+
+def _record_runs(args, scores: dict, int8: dict) -> None:
+    """Finished entries for ``scores`` {(run, seed): score} and their int8 exports' scores (fractions)."""
+    for (run, seed), value in scores.items():
+        seeded = frontier.Run(run.family, run.task, seed, run.lr, run.kind, run.target, run.distill)
+        key = frontier.settings_key(args, seeded)
+        args.finished.append({"key": key, "score": value, "flops": 100 if run.kind != "pruned" else 35,
+                              "heads_per_layer": None, "ffn_per_layer": None})
+        if (run, seed) in int8:
+            args.finished.append({"key": {**key, "deploy": "onnx-int8"}, "score": int8[run, seed]})
+            args.finished.append({"key": {**key, "deploy": "onnx-fp32"}, "score": value})
+
+
+def test_targets_pair_by_seed_and_judge_every_task_and_shape():
+    args = _args("--tasks", "mrpc")
+    args._lrs = {("minilm", "mrpc"): 1.5e-3}
+    source = frontier.Run("minilm", "mrpc", 0, 1.5e-3, "source")
+    control = frontier.Run("minilm", "mrpc", 0, 1.5e-3, "retune-only")
+    deep = frontier.Run("minilm", "mrpc", 0, 1.5e-3, "pruned", 0.35, True)
+    scores = {(source, s): v for s, v in zip((1, 2, 3), (0.80, 0.82, 0.81))}
+    scores |= {(control, s): v for s, v in zip((1, 2, 3), (0.83, 0.83, 0.84))}
+    scores |= {(deep, s): v for s, v in zip((1, 2, 3), (0.82, 0.81, 0.83))}
+    int8 = {(source, 1): 0.801, (source, 2): 0.818, (source, 3): 0.812,  # int8 − fp32: +0.1, −0.2, +0.2 points
+            (deep, 1): 0.822, (deep, 2): 0.815, (deep, 3): 0.826}  # vs control: −0.8, −1.5, −1.4
+    _record_runs(args, scores, int8)
+    text = frontier.targets_summary(args)
+    assert "MRPC F1 " + frontier.paired([0.1, -0.2, 0.2]).text(2) in text  # exactly the paired differences
+    assert frontier.paired([-0.8, -1.5, -1.4]).text(2) in text
+    assert text.count("| not measured yet |") == 2  # both MiniLM targets need latency; no mpnet (--no-mpnet)
+    # latency: times × the unpruned fp32 PyTorch MiniLM
+    args.finished.append({"key": {"kind": "latency", "rounds": 7, "threads": 2}, "models": {
+        "MiniLM 100% [onnx-fp32]": {"1x128": {"ratio": 0.9}, "32x128": {"ratio": 1.0}},
+        "MiniLM 100% [onnx-int8]": {"1x128": {"ratio": 0.5}, "32x128": {"ratio": 0.5}},  # 1.8×, 2.0×
+        "MiniLM 35% [onnx-int8]": {"1x128": {"ratio": 0.25}, "32x128": {"ratio": 0.16}}}})  # 4×, 6.25×
+    rows = frontier.targets_summary(args).splitlines()
+    assert rows[2].endswith("1.80×, 2.00× at 1 × 128 / 32 × 128 | met (1 task) |")
+    assert rows[3].endswith("4.00×, 6.25× at 1 × 128 / 32 × 128 | missed (1 task) |")  # 4× < 5×, −1.23 < −1
+    table = frontier.frontier_table(args)
+    assert "| MiniLM 35% FLOPs + distill | 0.350 | 82.00 ± 1.00 (3) |" in table
+    assert "| MiniLM fine-tuned | 1.000 | 81.00 ± 1.00 (3) | +0.03 (3) | – / 1.000 / 0.500 |" in table
+    assert frontier.verdict([-0.31], 0.3, [2.0], 1.7) == "missed (1 task)"
+    assert frontier.verdict([-0.3, 0.5], 0.3, [1.7], 1.7) == "met (2 tasks)"
