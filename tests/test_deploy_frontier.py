@@ -127,3 +127,18 @@ def test_targets_pair_by_seed_and_judge_every_task_and_shape():
     assert "| MiniLM fine-tuned | 1.000 | 81.00 ± 1.00 (3) | +0.03 (3) | – / 1.000 / 0.500 |" in table
     assert frontier.verdict([-0.31], 0.3, [2.0], 1.7) == "missed (1 task)"
     assert frontier.verdict([-0.3, 0.5], 0.3, [1.7], 1.7) == "met (2 tasks)"
+
+
+def test_pruned_mpnet_is_paired_with_fine_tuned_minilm_by_seed(tmp_path):
+    args = frontier.parse_args(["--data-dir", "glue", "--tasks", "stsb", "--mpnet-model", str(tmp_path / "absent")])
+    args.targets, args.finished = frontier.flops_targets(args), []
+    args._lrs = {("minilm", "stsb"): 1.5e-3, ("mpnet", "stsb"): 1e-3}
+    (match,) = args.targets["mpnet"]
+    minilm = frontier.Run("minilm", "stsb", 0, 1.5e-3, "source")
+    mpnet = frontier.Run("mpnet", "stsb", 0, 1e-3, "pruned", match, True)
+    scores = {(minilm, 1): 0.80, (minilm, 2): 0.82, (mpnet, 1): 0.81, (mpnet, 2): 0.825, (mpnet, 3): 0.9}
+    _record_runs(args, scores, {})
+    row = frontier.targets_summary(args).splitlines()[-1]
+    assert row.startswith(f"| mpnet at {match:.1%} of its FLOPs")
+    assert "STS-B " + frontier.paired([1.0, 0.5]).text(2) in row  # seed 3 has no MiniLM pair: left out
+    assert row.endswith("| met (1 task) |")
