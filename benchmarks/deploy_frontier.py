@@ -815,7 +815,7 @@ def targets_summary(args) -> str:
     shapes = " / ".join(s.replace("x", " × ") for s in SHAPES)
 
     def speed_text(x):
-        return "latency not measured yet" if x is None else ", ".join(f"{v:.2f}×" for v in x) + f" at {shapes}"
+        return "latency not measured yet" if x is None else "speed-up " + ", ".join(f"{v:.2f}×" for v in x) + f" at {shapes}"
 
     source = lambda task, lr: Run("minilm", task, 0, lr, "source")  # noqa: E731
     control = lambda task, lr: Run("minilm", task, 0, lr, "retune-only")  # noqa: E731

@@ -120,8 +120,8 @@ def test_targets_pair_by_seed_and_judge_every_task_and_shape():
         "MiniLM 100% [onnx-int8]": {"1x128": {"ratio": 0.5}, "32x128": {"ratio": 0.5}},  # 1.8×, 2.0×
         "MiniLM 35% [onnx-int8]": {"1x128": {"ratio": 0.25}, "32x128": {"ratio": 0.16}}}})  # 4×, 6.25×
     rows = frontier.targets_summary(args).splitlines()
-    assert rows[2].endswith("1.80×, 2.00× at 1 × 128 / 32 × 128 | met (1 task) |")
-    assert rows[3].endswith("4.00×, 6.25× at 1 × 128 / 32 × 128 | missed (1 task) |")  # 4× < 5×, −1.23 < −1
+    assert rows[2].endswith("speed-up 1.80×, 2.00× at 1 × 128 / 32 × 128 | met (1 task) |")
+    assert rows[3].endswith("speed-up 4.00×, 6.25× at 1 × 128 / 32 × 128 | missed (1 task) |")  # 4× < 5×, −1.23 < −1
     table = frontier.frontier_table(args)
     assert "| MiniLM 35% FLOPs + distill | 0.350 | 82.00 ± 1.00 (3) |" in table
     assert "| MiniLM fine-tuned | 1.000 | 81.00 ± 1.00 (3) | +0.03 (3) | – / 1.000 / 0.500 |" in table
