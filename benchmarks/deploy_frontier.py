@@ -418,6 +418,11 @@ def deploy(args, key: dict, path: Path) -> None:
 # --- the plan and its cost -----------------------------------------------------------------------
 
 
+def families(args) -> list[str]:
+    """The model families this invocation covers, MiniLM first."""
+    return ["minilm"] + ([] if args.no_mpnet else ["mpnet"])
+
+
 def chosen_lr(args, family: str, task: str) -> float | None:
     """The rate of ``--lrs`` whose source run scores best on the selection seed (ties: the smaller rate);
     the one rate given; None while a selection run is missing (report-only)."""
@@ -448,14 +453,13 @@ def evaluation_runs(args, family: str, task: str, seed: int, lr: float) -> list[
 def planned(args) -> list[Run]:
     """Every run, selection runs first, then seed-major (a stopped experiment has every task at fewer seeds).
     The evaluation runs use the rate chosen on the selection seed (the grid's first while it is unknown)."""
-    families = ["minilm"] + ([] if args.no_mpnet else ["mpnet"])
     runs = []
     if len(args.lr_list) > 1:
-        runs += [Run(f, t, args.selection_seed, lr, "source") for f in families for t in args.task_list
+        runs += [Run(f, t, args.selection_seed, lr, "source") for f in families(args) for t in args.task_list
                  for lr in args.lr_list]
     for seed in args.seed_list:
         for task in args.task_list:
-            for family in families:
+            for family in families(args):
                 lr = args.__dict__.get("_lrs", {}).get((family, task), args.lr_list[0])
                 runs += evaluation_runs(args, family, task, seed, lr)
     return runs
@@ -598,7 +602,7 @@ def configurations(args, task: str) -> list[Run]:
     """The task's configurations in table order, as run patterns (the seed is replaced by ``seeds_of``)."""
     lr = {f: args.__dict__.get("_lrs", {}).get((f, task)) for f in ("minilm", "mpnet")}
     rows = []
-    for family in ["minilm"] + ([] if args.no_mpnet else ["mpnet"]):
+    for family in families(args):
         if lr[family] is None:
             continue
         for run in evaluation_runs(args, family, task, 0, lr[family]):
@@ -632,9 +636,12 @@ def table_rows(args, task: str) -> list[tuple[Run, dict[int, dict], float | None
     return rows
 
 
-def diffs(args, a: Run, b: Run, measure=score) -> list[float]:
+def diffs(args, a: Run, b: Run, measure=score, measure_b=None) -> list[float]:
+    """``a`` − ``b`` per evaluation seed both have, ``b`` measured by ``measure_b`` (default: ``measure``);
+    a seed where either measure is None (an export not scored) is left out."""
     ea, eb = seeds_of(args, a), seeds_of(args, b)
-    return [measure(ea[s]) - measure(eb[s]) for s in sorted(set(ea) & set(eb))]
+    pairs = [(measure(ea[s]), (measure_b or measure)(eb[s])) for s in sorted(set(ea) & set(eb))]
+    return [x - y for x, y in pairs if x is not None and y is not None]
 
 
 def export_score(args, entry: dict, fmt: str) -> float | None:
@@ -741,13 +748,7 @@ def measured_as(args, fmt: str | None):
 
 def paired_by_seed(args, a: Run, b: Run, fmt_a: str | None = None, fmt_b: str | None = None) -> list[float]:
     """``a`` scored as ``fmt_a`` − ``b`` scored as ``fmt_b`` (×100), one per evaluation seed both have."""
-    ea, eb = seeds_of(args, a), seeds_of(args, b)
-    out = []
-    for seed in sorted(set(ea) & set(eb)):
-        x, y = measured_as(args, fmt_a)(ea[seed]), measured_as(args, fmt_b)(eb[seed])
-        if x is not None and y is not None:
-            out.append(x - y)
-    return out
+    return diffs(args, a, b, measured_as(args, fmt_a), measured_as(args, fmt_b))
 
 
 def per_task(args, make_pair) -> tuple[str, list[float]]:
@@ -775,12 +776,16 @@ def speedups(latency: dict | None, run: Run, backend: str, over: str | None = No
     return [b / t for b, t in zip(base, times)]
 
 
+def judged(ok: bool, tasks: int) -> str:
+    """'met (3 tasks)' / 'missed (1 task)'."""
+    return ("met" if ok else "missed") + f" ({tasks} task{'s' if tasks > 1 else ''})"
+
+
 def verdict(losses: list[float], bound: float, speed: list[float] | None, least: float) -> str:
     """'met' / 'missed' on every task's mean loss (≤ ``bound``) and every shape's speed-up (≥ ``least``)."""
     if not losses or speed is None:
         return "not measured yet"
-    ok = all(-m <= bound for m in losses) and all(x >= least for x in speed)
-    return ("met" if ok else "missed") + f" ({len(losses)} task{'s' if len(losses) > 1 else ''})"
+    return judged(all(-m <= bound for m in losses) and all(x >= least for x in speed), len(losses))
 
 
 def frontier_table(args) -> str:
@@ -835,8 +840,7 @@ def targets_summary(args) -> str:
                 f"{speed_text(speed)} | {verdict(means, DEEP_LOSS, speed, DEEP_SPEEDUP)} |")
 
     def above(means):
-        return "not measured yet" if not means else (
-            ("met" if all(m > 0 for m in means) else "missed") + f" ({len(means)} task{'s' if len(means) > 1 else ''})")
+        return "not measured yet" if not means else judged(all(m > 0 for m in means), len(means))
 
     for target in args.targets.get("mpnet", []):
         def mpnet_pair(task, lr, target=target, base=source):
@@ -915,7 +919,7 @@ def choose_rates(args) -> None:
     """``args._lrs``: the rate of every (family, task) chosen on the selection seed (trained first if missing,
     unless report-only; a pair still missing one is left out)."""
     args._lrs = {}
-    for family in ["minilm"] + ([] if args.no_mpnet else ["mpnet"]):
+    for family in families(args):
         for task in args.task_list:
             lr = chosen_lr(args, family, task)
             if lr is not None:
@@ -944,7 +948,7 @@ def main(argv=None) -> int:
     choose_rates(args)
     for seed in args.seed_list:  # seed-major: a stopped experiment leaves every task at fewer seeds
         for task in args.task_list:
-            for family in ["minilm"] + ([] if args.no_mpnet else ["mpnet"]):
+            for family in families(args):
                 if (family, task) in args._lrs:
                     for run in evaluation_runs(args, family, task, seed, args._lrs[family, task]):
                         run_one(args, run)
