@@ -93,6 +93,17 @@ def load_script(name: str):
     return module
 
 
+def report_argv(script: str, data_dir: str) -> list[str]:
+    """``script``'s canonical report settings (REPORTS), in report-only mode: nothing is trained."""
+    return [a.format(data=data_dir) for a in REPORTS[script]] + ["--report-only"]
+
+
+def report_settings(script: str, args: argparse.Namespace):
+    """(the experiment script as a module, its parsed report settings)."""
+    module = load_script(script)
+    return module, module.parse_args(report_argv(script, args.data_dir))
+
+
 def source(record: dict) -> str:
     return f"record {record['_date']}, commit {record['_commit']}"
 
@@ -296,24 +307,16 @@ def defaults(_: argparse.Namespace) -> str:
 # --- the experiments -------------------------------------------------------------------------------
 
 
-def frontier_module():
-    return load_script("frontier_experiment")
-
-
 def frontier_cells(args: argparse.Namespace):
     """The frontier report's evaluation cells under its canonical settings (REPORTS)."""
-    frontier = frontier_module()
-    report_args = frontier.parse_args([a.format(data=args.data_dir) for a in REPORTS["frontier_experiment"]]
-                                      + ["--report-only"])
+    frontier, report_args = report_settings("frontier_experiment", args)
     return frontier, report_args, frontier.gather(report_args)["cells"]
 
 
 def equal_compute(args: argparse.Namespace) -> str:
     """Whether S earns its parameters and its compute (E2E, SmolLM2-135M): the experiment's own answer
     and its runs per method, from its records under the REPORTS settings."""
-    experiment = load_script("equal_compute_experiment")
-    report_args = experiment.parse_args([a.format(data=args.data_dir) for a in REPORTS["equal_compute_experiment"]]
-                                        + ["--report-only"])
+    experiment, report_args = report_settings("equal_compute_experiment", args)
     ratio, runs = experiment.collect(report_args, list(experiment.METHODS))
     counts = "; ".join(f"{experiment.LABEL[m]}: {len(runs.get(m, []))}" for m in experiment.METHODS
                        if m != "dsee-gradient-slr" or experiment.has_own_rate_runs(ratio))
@@ -351,9 +354,7 @@ def frontier_summary(args: argparse.Namespace) -> str:
 def deploy_frontier(args: argparse.Namespace) -> str:
     """The deployment frontier (README "Deploy"): every configuration across the tasks, then the issue's
     three targets, from the frontier's records under its REPORTS settings."""
-    module = load_script("deploy_frontier")
-    report_args = module.parse_args([a.format(data=args.data_dir) for a in REPORTS["deploy_frontier"]]
-                                    + ["--report-only"])
+    module, report_args = report_settings("deploy_frontier", args)
     module.load(report_args)
     module.choose_rates(report_args)
     runs = [e for e in report_args.finished if e["key"].get("kind") in ("source", "pruned", "retune-only")
@@ -368,8 +369,7 @@ def deploy_frontier(args: argparse.Namespace) -> str:
 
 
 def glue_results(args: argparse.Namespace):
-    glue = load_script("glue_experiment")
-    report_args = glue.parse_args([a.format(data=args.data_dir) for a in REPORTS["glue_experiment"]] + ["--report-only"])
+    glue, report_args = report_settings("glue_experiment", args)
     return glue, report_args, glue.gather(report_args)
 
 
@@ -381,8 +381,7 @@ def glue_summary(args: argparse.Namespace) -> str:
 
 
 def prune_entries(args: argparse.Namespace):
-    prune = load_script("prune_experiment")
-    report_args = prune.parse_args([a.format(data=args.data_dir) for a in REPORTS["prune_experiment"]] + ["--report-only"])
+    prune, report_args = report_settings("prune_experiment", args)
     finished = prune.finished_runs(Path(report_args.runs_file))
     tasks, variants = report_args.tasks.split(","), report_args.variants.split(",")
     entries = prune.run_all(report_args, tasks, variants, finished)
@@ -581,8 +580,8 @@ REPORT_FILES = {"glue_experiment": "glue_results.md", "prune_experiment": "prune
 
 def write_reports(args: argparse.Namespace, folder: Path = HERE) -> None:
     """Each experiment's report (``*_results.md`` and its plot) from its records, into ``folder``."""
-    for script, settings in REPORTS.items():
-        argv = [a.format(data=args.data_dir) for a in settings] + ["--report-only", "--report-dir", str(folder)]
+    for script in REPORTS:
+        argv = report_argv(script, args.data_dir) + ["--report-dir", str(folder)]
         with contextlib.redirect_stdout(io.StringIO()):
             load_script(script).main(argv)
 
