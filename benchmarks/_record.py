@@ -146,30 +146,42 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def record(name: str, results: dict[str, Any], path: str | os.PathLike[str] = RESULTS_PATH) -> dict[str, Any]:
-    """Append one JSON line ``{benchmark, results, commit, date, machine, versions, argv}`` to ``path``.
+def record(name: str, results: dict[str, Any], path: str | os.PathLike[str] = RESULTS_PATH,
+           timed_share: float | None = None) -> dict[str, Any]:
+    """Append one JSON line ``{benchmark, results, commit, date, machine, contention, versions, argv}`` to
+    ``path``.
+
+    ``contention`` holds the whole process's cpu share (``cpu_share``) and, when given, ``timed_share``:
+    the share over the timed stretch alone (a ``CpuMeter``). The contention warning judges the timed
+    stretch where there is one: a process that first loads or exports models on one thread has a low
+    whole-process share though its timings ran on free cores.
 
     The file is opened in append mode only: earlier lines are never touched.
     Returns the record written.
     """
+    contention = cpu_share()
+    if timed_share is not None:
+        contention["timed_cpu_share"] = timed_share
     entry = {
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(ignore=path),
         "results": results,
         "machine": machine_info(),
-        "contention": cpu_share(),
+        "contention": contention,
         "versions": versions(),
         "argv": sys.argv[1:],
     }
     line = json.dumps(entry, sort_keys=False, default=_jsonable)
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
-    share = entry["contention"]["cpu_share"]
-    print(f"recorded {name!r} in {Path(path).name} (cpu share {share}, load {entry['machine']['loadavg']})")
+    share = contention["cpu_share"] if timed_share is None else timed_share
+    over = "the process" if timed_share is None else "the timed stretch"
+    print(f"recorded {name!r} in {Path(path).name} (cpu share {share} over {over}, "
+          f"load {entry['machine']['loadavg']})")
     if share is not None and share < CONTENTION_WARNING:
-        print(f"WARNING: this process got only {share:.0%} of its {entry['machine']['torch_threads']} threads' "
-              "CPU time: other work shared the machine, the timings are suspect")
+        print(f"WARNING: over {over} this process got only {share:.0%} of its {entry['machine']['torch_threads']} "
+              "threads' CPU time: other work shared the machine, the timings are suspect")
     return entry
 
 

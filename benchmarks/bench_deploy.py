@@ -247,7 +247,7 @@ def main(argv=None) -> dict:
         results["score_cost"] = score_cost(args)
     results["wall_s"] = time.perf_counter() - start
     if not args.no_record and (not args.quick or args.results):
-        record("deploy_latency", results, path=args.results or RESULTS_PATH)
+        record("deploy_latency", results, path=args.results or RESULTS_PATH, timed_share=share)
     return results
 
 

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"benchmark wall time {results['wall_s']:.0f} s")
     if not args.no_record:
-        record("merged", results)
+        record("merged", results, timed_share=timing_cpu_share)
     return results
 
 

@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
         "timing_cpu_share": share, "wall_s": time.perf_counter() - start,
     }
     if not args.no_record:
-        record("pruned_inference", results)
+        record("pruned_inference", results, timed_share=share)
     return results
 
 

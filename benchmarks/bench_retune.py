@@ -235,7 +235,7 @@ def main(argv=None) -> dict:
                             for n in VARIANTS},
                "wall_s": time.perf_counter() - start}
     if not (args.quick or args.no_record):
-        record("retune_speed", results)
+        record("retune_speed", results, timed_share=step_share)
     return results
 
 

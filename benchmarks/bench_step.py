@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     results["wall_s"] = time.perf_counter() - start
     print(f"benchmark wall time {results['wall_s']:.0f} s")
     if not args.no_record:
-        record("step", results)
+        record("step", results, timed_share=timing_cpu_share)
     return results
 
 

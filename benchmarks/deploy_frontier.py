@@ -575,7 +575,7 @@ def measure_latency(args) -> None:
             print(f"{batch:>2} × 128  {t.name:40s} {1000 * t.median_s:9.1f} ms  × {t.ratio_to_first:.3f}")
     entry = {"key": {"kind": "latency", "rounds": args.latency_rounds, "threads": torch.get_num_threads()},
              "reference": reference, "models": results, "cpu_share": meter.share()}
-    record("deploy_frontier_latency", entry, path=args.runs_file)
+    record("deploy_frontier_latency", entry, path=args.runs_file, timed_share=entry["cpu_share"])
     args.finished.append(entry)
 
 
