@@ -5,8 +5,14 @@ on q_proj and v_proj of every layer, trained on a seeded subset of the E2E train
 budget), then decoded with beam search (beam 10, length penalty 0.8, no repeated 4-grams: LoRA's
 recipe) on the first `--decode-items` distinct meaning representations of the dev set, scored with
 BLEU, NIST, METEOR, ROUGE-L and CIDEr (`dsee.evaluation.nlg`). Every finished run is appended to
-`benchmarks/e2e_runs.jsonl` and never run again with the same settings; the table goes to
-`e2e_results.md`.
+`benchmarks/e2e_runs.jsonl` (with its decoded outputs, so the tests can be recomputed from the record)
+and never run again with the same settings; the report goes to `e2e_results.md`.
+
+Protocol (the project's, ``_protocol.py``): nothing is searched here (one rate, 5e-4, for both
+methods); seed 0, the selection seed, was the pilot these settings come from and is never a row of
+the comparison. The evaluation seeds (``--seeds``, default 1,2,3) give DSEE − LoRA per rank, paired by
+seed (mean, 95% t-interval, t and exact sign-flip p), for BLEU and for dev loss, and a paired bootstrap
+of BLEU over the decoded MRs at each rank and seed; Holm's adjustment over every test of the report.
 
     python benchmarks/prepare_smollm2.py --out models/smollm2-135m
     python benchmarks/e2e_experiment.py --data-dir ../shared/data --model models/smollm2-135m --out runs/e2e
@@ -23,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _protocol import Family  # noqa: E402
+from _protocol import SELECTION_SEED, Family  # noqa: E402
 from _record import HERE, record  # noqa: E402
 
 from dsee.train.generate import evaluate_generation_run  # noqa: E402
@@ -33,6 +39,7 @@ from dsee.train.run import METRICS, RunConfig  # noqa: E402
 
 RUNS_PATH = HERE / "e2e_runs.jsonl"
 METRIC_NAMES = ("bleu", "nist", "meteor", "rouge_l", "cider")
+PREDICTIONS = "predictions_validation.txt"  # written by the decoding, one output per dev MR
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/e2e")
     p.add_argument("--ranks", default="4,8,16")
     p.add_argument("--methods", default="lora,dsee")
-    p.add_argument("--seeds", default="0")
+    p.add_argument("--seeds", default="1,2,3", help=f"seed {SELECTION_SEED} (the pilot) is reported apart, untested")
     p.add_argument("--max-train-samples", type=int, default=1000)
     p.add_argument("--epochs", type=float, default=1)
     p.add_argument("--batch-size", type=int, default=8)
@@ -58,15 +65,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def run_key(args, method: str, rank: int, seed: int) -> dict:
+    """The settings that identify a run in the records."""
+    return {"method": method, "rank": rank, "seed": seed, "model": args.model, "max_train_samples": args.max_train_samples,
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "label_smoothing": args.label_smoothing,
+            "decode_items": args.decode_items, "beams": args.beams, "mixed_precision": args.mixed_precision}
+
+
+def recorded(finished: list[dict], key: dict) -> dict | None:
+    return next((done for done in finished if done["key"] == key), None)
+
+
 def run_one(args, method: str, rank: int, seed: int, finished: list[dict]) -> dict | None:
-    key = {"method": method, "rank": rank, "seed": seed, "model": args.model, "max_train_samples": args.max_train_samples,
-           "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "label_smoothing": args.label_smoothing,
-           "decode_items": args.decode_items, "beams": args.beams, "mixed_precision": args.mixed_precision}
-    for done in finished:
-        if done["key"] == key:
-            return done
-    if args.report_only:
-        return None
+    key = run_key(args, method, rank, seed)
+    done = recorded(finished, key)
+    if done is not None or args.report_only:
+        return done
     path = Path(args.out) / f"{method}-r{rank}" / f"seed{seed}"
     adapter = {"rank": rank, "alpha": 32, "num_sparse": 0 if method == "lora" else 64, "seed": seed}
     if not (path / METRICS).is_file():
@@ -81,7 +95,8 @@ def run_one(args, method: str, rank: int, seed: int, finished: list[dict]) -> di
     metrics = json.loads((path / METRICS).read_text())
     start = time.perf_counter()
     decoded = evaluate_generation_run(path, max_items=args.decode_items, beams=args.beams)
-    entry = {"key": key, "scores": decoded["scores"], "dev_loss": metrics["dev"]["validation"]["loss"],
+    outputs = (path / PREDICTIONS).read_text().splitlines()
+    entry = {"key": key, "scores": decoded["scores"], "outputs": outputs, "dev_loss": metrics["dev"]["validation"]["loss"],
              "trainable_parameters": metrics["trainable_parameters"], "trainable_share": metrics["trainable_share"],
              "train_seconds": metrics["train_seconds"], "decode_seconds": time.perf_counter() - start,
              "train_examples_per_second": metrics["train_examples_per_second"]}
@@ -108,38 +123,73 @@ def table(entries: list[dict]) -> str:
     return "\n".join(lines) + "\n\nBLEU, METEOR, ROUGE-L ×100; NIST and CIDEr as is. Mean over seeds.\n"
 
 
-def paired_tests(args, entries: list[dict]) -> str:
-    """DSEE against LoRA at each (rank, seed) both finished: paired bootstrap of BLEU over the decoded MRs.
+def outputs_of(args, entry: dict) -> list[str] | None:
+    """A run's decoded outputs: from its record, else from its run directory (the pilot recorded none)."""
+    if "outputs" in entry:
+        return entry["outputs"]
+    key = entry["key"]
+    path = Path(args.out) / f"{key['method']}-r{key['rank']}" / f"seed{key['seed']}" / PREDICTIONS
+    return path.read_text().splitlines() if path.is_file() else None
 
-    The outputs are read back from the run directories (``predictions_validation.txt``, written by the
-    decoding); a pair whose directories are gone is left out of this section.
-    """
+
+def by_rank_and_seed(entries: list[dict]) -> dict[int, dict[int, dict[str, dict]]]:
+    """{rank: {seed: {method: entry}}} for the (rank, seed) cells where both methods finished."""
+    cells: dict[int, dict[int, dict[str, dict]]] = {}
+    for e in entries:
+        cells.setdefault(e["key"]["rank"], {}).setdefault(e["key"]["seed"], {})[e["key"]["method"]] = e
+    return {rank: {s: pair for s, pair in sorted(seeds.items()) if {"lora", "dsee"} <= set(pair)}
+            for rank, seeds in sorted(cells.items())}
+
+
+def comparison(args, entries: list[dict]) -> str:
+    """DSEE − LoRA per rank at the evaluation seeds: BLEU ×100 and dev loss paired by seed, then the paired
+    bootstrap of BLEU over the decoded MRs at each rank and seed; one Holm family. The selection seed's
+    pilot follows, untested."""
     from dsee.evaluation.significance import paired_bootstrap_bleu
     from dsee.train.textgen import load_e2e
 
-    _, references = load_e2e(args.data_dir, "validation").grouped()
-    references = references[:args.decode_items]
+    cells = by_rank_and_seed([e for e in entries if e["key"]["seed"] != SELECTION_SEED])
+    pilot = by_rank_and_seed([e for e in entries if e["key"]["seed"] == SELECTION_SEED])
     family = Family()
-    lines = []
-    for rank, seed in sorted({(e["key"]["rank"], e["key"]["seed"]) for e in entries}):
-        outputs = {}
-        for method in ("lora", "dsee"):
-            path = Path(args.out) / f"{method}-r{rank}" / f"seed{seed}" / "predictions_validation.txt"
-            if path.is_file():
-                outputs[method] = path.read_text().splitlines()
-        if len(outputs) < 2 or any(len(o) != len(references) for o in outputs.values()):
+    lines = ["| rank | LoRA BLEU | DSEE BLEU | DSEE − LoRA, BLEU ×100 | DSEE − LoRA, dev loss |", "|---|---|---|---|---|"]
+    for rank, seeds in cells.items():
+        if not seeds:
             continue
-        t = paired_bootstrap_bleu(outputs["lora"], outputs["dsee"], references, resamples=1000)
-        lines.append(f"| {rank} | {seed} | {100 * t['baseline']:.2f} | {100 * t['system']:.2f} | "
-                     f"{100 * t['delta']:+.2f} [{100 * t['delta_low']:+.2f}, {100 * t['delta_high']:+.2f}] | "
-                     f"{family.p_value(t['p_value'])} |")
-    if not lines:
-        return ("\nNo paired bootstrap: the decoded outputs are read from the run directories, which are not here "
-                "(the records keep the scores only).\n")
-    return family.render("\nDSEE against LoRA, paired bootstrap of BLEU over the same decoded MRs (1,000 draws; 95% "
-                         "interval of Δ; two-sided shift-method p, Holm over the table):\n\n"
-                         "| rank | seed | LoRA BLEU | DSEE BLEU | Δ [95%] | p |\n|---|---|---|---|---|---|\n"
-                         + "\n".join(lines) + "\n")
+        bleu = {m: statistics.mean(100 * pair[m]["scores"]["bleu"] for pair in seeds.values()) for m in ("lora", "dsee")}
+        d_bleu = [100 * (pair["dsee"]["scores"]["bleu"] - pair["lora"]["scores"]["bleu"]) for pair in seeds.values()]
+        d_loss = [pair["dsee"]["dev_loss"] - pair["lora"]["dev_loss"] for pair in seeds.values()]
+        lines.append(f"| {rank} | {bleu['lora']:.2f} | {bleu['dsee']:.2f} | {family.paired(d_bleu)} | "
+                     f"{family.paired(d_loss, 3)} |")
+    if len(lines) == 2:
+        text = "No evaluation seed has both methods recorded yet.\n"
+    else:
+        text = ("\n".join(lines) + "\n\nPaired by seed (seeds " + ", ".join(map(str, sorted({s for v in cells.values()
+                for s in v}))) + "): mean [95% t-interval] (pairs; t p, exact sign-flip p, Holm p over this report). "
+                "Dev loss: per target token, lower is better.\n")
+    boot = []
+    references = None
+    for rank, seeds in cells.items():
+        for seed, pair in seeds.items():
+            outputs = {m: outputs_of(args, pair[m]) for m in ("lora", "dsee")}
+            if any(o is None for o in outputs.values()):
+                continue
+            if references is None:
+                references = load_e2e(args.data_dir, "validation").grouped()[1][:args.decode_items]
+            if any(len(o) != len(references) for o in outputs.values()):
+                continue
+            b = paired_bootstrap_bleu(outputs["lora"], outputs["dsee"], references, resamples=1000)
+            boot.append(f"| {rank} | {seed} | {100 * b['delta']:+.2f} [{100 * b['delta_low']:+.2f}, "
+                        f"{100 * b['delta_high']:+.2f}] | {family.p_value(b['p_value'])} |")
+    if boot:
+        text += ("\nPaired bootstrap of BLEU over the same decoded MRs at each rank and seed (1,000 draws; 95% interval "
+                 "of Δ; two-sided shift-method p, Holm over this report):\n\n| rank | seed | DSEE − LoRA BLEU ×100 | p |\n"
+                 "|---|---|---|---|\n" + "\n".join(boot) + "\n")
+    pilot_text = "; ".join(f"r = {rank}: {100 * (pair['dsee']['scores']['bleu'] - pair['lora']['scores']['bleu']):+.2f}"
+                           for rank, seeds in pilot.items() for pair in seeds.values())
+    if pilot_text:
+        text += (f"\nThe pilot on the selection seed {SELECTION_SEED} (its settings' origin, not a row of the "
+                 f"comparison, untested): DSEE − LoRA BLEU ×100 {pilot_text}.\n")
+    return family.render(text)
 
 
 def plot(entries: list[dict], path: Path) -> None:
@@ -172,23 +222,38 @@ def plot(entries: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def gather(args) -> list[dict]:
+    """Every run of ``--seeds`` (trained unless ``--report-only`` or recorded), then the selection seed's
+    recorded pilot runs at the same settings."""
     finished = [json.loads(line)["results"] for line in Path(args.runs_file).read_text().splitlines()
                 if line.strip()] if Path(args.runs_file).is_file() else []
     entries = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        for rank in (int(r) for r in args.ranks.split(",")):
-            for method in args.methods.split(","):
+    seeds = [int(s) for s in args.seeds.split(",")]
+    ranks, methods = [int(r) for r in args.ranks.split(",")], args.methods.split(",")
+    for seed in seeds:
+        for rank in ranks:
+            for method in methods:
                 entry = run_one(args, method, rank, seed, finished)
                 if entry is not None:
                     entries.append(entry)
-    text = table(entries) + paired_tests(args, entries)
+    if SELECTION_SEED not in seeds:  # the pilot is reported beside the comparison, never trained from here
+        entries += [e for e in (recorded(finished, run_key(args, m, r, SELECTION_SEED)) for r in ranks for m in methods)
+                    if e is not None]
+    return entries
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    entries = gather(args)
+    evaluated = [e for e in entries if e["key"]["seed"] != SELECTION_SEED]
+    heading = (f"Evaluation seeds {', '.join(map(str, sorted({e['key']['seed'] for e in evaluated})))}" if evaluated
+               else f"Only the pilot on the selection seed {SELECTION_SEED} is recorded")
+    text = f"{heading}:\n\n" + table(evaluated or entries) + "\n" + comparison(args, entries)
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
     (report / "e2e_results.md").write_text(text)
     if entries:
-        plot(entries, report / "e2e_results.png")
+        plot(evaluated or entries, report / "e2e_results.png")
     print(text)
     return 0
 

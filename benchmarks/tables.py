@@ -54,6 +54,7 @@ REPORTS = {
     "sparse_llm_experiment": ["--data-dir", "{data}", "--seeds", "1,2,3"],
     "equal_compute_experiment": ["--data-dir", "{data}", "--seeds", "1,2,3", "--no-record"],
     "deploy_frontier": ["--data-dir", "{data}/glue", "--seeds", "1,2,3", "--no-record"],
+    "e2e_experiment": ["--data-dir", "{data}", "--seeds", "1,2,3"],
 }
 
 
@@ -63,6 +64,12 @@ REPORTS = {
 def seeds(n: int) -> str:
     """'1 seed', '3 seeds'."""
     return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def seed_counts(groups) -> str:
+    """'3 seeds' when every group has 3, '2–3 seeds' otherwise."""
+    counts = sorted({len(g) for g in groups})
+    return seeds(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds"
 
 
 def read_jsonl(name: str) -> list[dict]:
@@ -424,20 +431,16 @@ def structured_seed0(args: argparse.Namespace) -> str:
                                "GLUE experiment, 2 epochs of re-tuning, 2,000 examples: a pilot, not a protocol result.\n")
 
 
-def e2e_n64(_: argparse.Namespace) -> str:
-    """The first E2E comparison (N = 64 entries per matrix, one seed): BLEU and dev loss per rank."""
-    entries = [e["results"] for e in read_jsonl("e2e_runs.jsonl")]
-    ranks = sorted({e["key"]["rank"] for e in entries})
-    by = {(e["key"]["method"], e["key"]["rank"]): e for e in entries}
-    lines = ["| rank | LoRA BLEU | DSEE BLEU | Δ | LoRA dev loss | DSEE dev loss |", "|---|---|---|---|---|---|"]
-    for r in ranks:
-        lo, ds = by.get(("lora", r)), by.get(("dsee", r))
-        if lo and ds:
-            lines.append(f"| {r} | {100 * lo['scores']['bleu']:.2f} | {100 * ds['scores']['bleu']:.2f} | "
-                         f"{100 * (ds['scores']['bleu'] - lo['scores']['bleu']):+.2f} | {lo['dev_loss']:.3f} | "
-                         f"{ds['dev_loss']:.3f} |")
-    return "\n".join(lines) + ("\n\nOne seed (seed 0), 50 dev MRs: no test (the decoded outputs were not recorded, "
-                               "so no paired bootstrap can be recomputed).\n")
+def e2e_n64_results(args: argparse.Namespace):
+    """(the E2E N = 64 experiment as a module, its report settings, its runs: evaluation seeds and pilot)."""
+    module, report_args = report_settings("e2e_experiment", args)
+    return module, report_args, module.gather(report_args)
+
+
+def e2e_n64(args: argparse.Namespace) -> str:
+    """DSEE (N = 64) − LoRA on E2E at each rank, paired by seed, with the bootstrap and the seed-0 pilot."""
+    module, report_args, entries = e2e_n64_results(args)
+    return module.comparison(report_args, entries) + "\nFull report: `e2e_results.md`.\n"
 
 
 # --- the README's summary ----------------------------------------------------------------------------
@@ -445,6 +448,24 @@ def e2e_n64(_: argparse.Namespace) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "missed"
+
+
+def e2e_n64_row(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The Measured row of the E2E N = 64 comparison: mean DSEE − LoRA BLEU per rank at the evaluation
+    seeds (the seed-0 pilot until they are recorded, labelled so)."""
+    module, _, entries = e2e_n64_results(args)
+    evaluated = module.by_rank_and_seed([e for e in entries if e["key"]["seed"] != SELECTION_SEED])
+    cells = {rank: pairs for rank, pairs in evaluated.items() if pairs}
+    label = "seed 0 only: the pilot its settings come from, untested"
+    if not cells:
+        cells = {rank: pairs for rank, pairs in module.by_rank_and_seed(entries).items() if pairs}
+    else:
+        label = f"evaluation seeds {', '.join(map(str, sorted({s for p in cells.values() for s in p})))}"
+    deltas = {rank: statistics.mean(100 * (pair["dsee"]["scores"]["bleu"] - pair["lora"]["scores"]["bleu"])
+                                    for pair in pairs.values()) for rank, pairs in cells.items()}
+    return (f"E2E (SmolLM2-135M, N = 64, {label}): DSEE − LoRA at r = " + ", ".join(map(str, deltas)),
+            ", ".join(f"{d:+.2f}" for d in deltas.values()) + f" BLEU (mean over {seed_counts(cells.values())})",
+            f"DSEE ≥ LoRA: {verdict(all(d >= 0 for d in deltas.values()))}")
 
 
 def measured(args: argparse.Namespace) -> str:
@@ -477,11 +498,7 @@ def measured(args: argparse.Namespace) -> str:
                  f"{vs['full'].effect:+.2f} (flip p {vs['full'].sign_flip_p:.2f})",
                  f"DSEE ≥ LoRA: {verdict(mean['dsee'] >= mean['lora'])}; within 1 of full: "
                  f"{verdict(mean['full'] - mean['dsee'] <= 1)} (CoLA: adapters stay at the majority class)"))
-    entries = {(e["results"]["key"]["method"], e["results"]["key"]["rank"]): e["results"] for e in read_jsonl("e2e_runs.jsonl")}
-    deltas = [100 * (entries["dsee", r]["scores"]["bleu"] - entries["lora", r]["scores"]["bleu"]) for r in (4, 8, 16)]
-    rows.append(("E2E (SmolLM2-135M, N = 64, seed 0 only: a pilot before the protocol; the E2E row below has "
-                 "3 evaluation seeds): DSEE − LoRA at r = 4, 8, 16",
-                 ", ".join(f"{d:+.2f}" for d in deltas) + " BLEU (untested: outputs not recorded)", "DSEE ≥ LoRA: missed"))
+    rows.append(e2e_n64_row(args))
     prune, ptasks, variants, pentries = prune_entries(args)
     for v, bar in (("unstructured50 weight", 1.0), ("unstructured50 wanda", 1.0), ("2:4 wanda", 2.0)):
         by_seed = prune.average_deltas(pentries, ptasks, v)
@@ -575,7 +592,8 @@ def render(text: str, args: argparse.Namespace, cache: dict[str, str]) -> str:
 
 REPORT_FILES = {"glue_experiment": "glue_results.md", "prune_experiment": "prune_results.md",
                 "frontier_experiment": "frontier_results.md", "sparse_llm_experiment": "sparse_llm_results.md",
-                "equal_compute_experiment": "equal_compute_results.md", "deploy_frontier": "deploy_frontier_results.md"}
+                "equal_compute_experiment": "equal_compute_results.md", "deploy_frontier": "deploy_frontier_results.md",
+                "e2e_experiment": "e2e_results.md"}
 
 
 def write_reports(args: argparse.Namespace, folder: Path = HERE) -> None:
@@ -629,7 +647,7 @@ def main(argv=None) -> int:
         return 1 if stale or reports else 0
     if args.reports:
         write_reports(args)
-    print(f"{len(cache)} blocks from the records" + (f"; rewrote {', '.join(d.name for d in stale)}" if stale else ""))
+    print(f"{len(cache)} blocks from the records" + (f"; rewrote {', '.join(str(d.relative_to(ROOT)) for d in stale)}" if stale else ""))
     return 0
 
 
