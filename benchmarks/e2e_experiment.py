@@ -123,15 +123,6 @@ def table(entries: list[dict]) -> str:
     return "\n".join(lines) + "\n\nBLEU, METEOR, ROUGE-L ×100; NIST and CIDEr as is. Mean over seeds.\n"
 
 
-def outputs_of(args, entry: dict) -> list[str] | None:
-    """A run's decoded outputs: from its record, else from its run directory (the pilot recorded none)."""
-    if "outputs" in entry:
-        return entry["outputs"]
-    key = entry["key"]
-    path = Path(args.out) / f"{key['method']}-r{key['rank']}" / f"seed{key['seed']}" / PREDICTIONS
-    return path.read_text().splitlines() if path.is_file() else None
-
-
 def by_rank_and_seed(entries: list[dict]) -> dict[int, dict[int, dict[str, dict]]]:
     """{rank: {seed: {method: entry}}} for the (rank, seed) cells where both methods finished."""
     cells: dict[int, dict[int, dict[str, dict]]] = {}
@@ -170,7 +161,8 @@ def comparison(args, entries: list[dict]) -> str:
     references = None
     for rank, seeds in cells.items():
         for seed, pair in seeds.items():
-            outputs = {m: outputs_of(args, pair[m]) for m in ("lora", "dsee")}
+            # from the records only (the pilot recorded none), so the report is the same wherever it is rebuilt
+            outputs = {m: pair[m].get("outputs") for m in ("lora", "dsee")}
             if any(o is None for o in outputs.values()):
                 continue
             if references is None:
