@@ -96,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="mpnet FLOPs targets: shares of its own, or 'match' (MiniLM's FLOPs over mpnet's)")
     p.add_argument("--mpnet-model", default="models/all-mpnet-base-v2", help="benchmarks/prepare_mpnet.py's output")
     p.add_argument("--no-mpnet", action="store_true", help="MiniLM only")
+    p.add_argument("--no-minilm", action="store_true",
+                   help="mpnet only (e.g. a second process beside one with --no-mpnet: the two never share a run)")
     p.add_argument("--no-ablation", action="store_true", help="MiniLM pruned with distillation only")
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--distill-temperature", type=float, default=2.0)
@@ -420,7 +422,7 @@ def deploy(args, key: dict, path: Path) -> None:
 
 def families(args) -> list[str]:
     """The model families this invocation covers, MiniLM first."""
-    return ["minilm"] + ([] if args.no_mpnet else ["mpnet"])
+    return ([] if args.no_minilm else ["minilm"]) + ([] if args.no_mpnet else ["mpnet"])
 
 
 def chosen_lr(args, family: str, task: str) -> float | None:
@@ -928,6 +930,8 @@ def choose_rates(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.no_mpnet and args.no_minilm:
+        raise SystemExit("--no-mpnet and --no-minilm together leave no model to run")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -142,3 +142,20 @@ def test_pruned_mpnet_is_paired_with_fine_tuned_minilm_by_seed(tmp_path):
     assert row.startswith(f"| mpnet at {match:.1%} of its FLOPs")
     assert "STS-B " + frontier.paired([1.0, 0.5]).text(2) in row  # seed 3 has no MiniLM pair: left out
     assert row.endswith("| met (1 task); against the control: not measured yet |")  # no control recorded
+
+
+def test_two_processes_split_by_family_plan_disjoint_runs(tmp_path):
+    absent = str(tmp_path / "absent")
+    plans = {}
+    for flag in ("--no-mpnet", "--no-minilm"):
+        args = frontier.parse_args(["--data-dir", "glue", "--tasks", "sst2", "--seeds", "2", "--mpnet-model", absent,
+                                    flag])
+        args.targets, args.finished = frontier.flops_targets(args), []
+        plans[flag] = {frontier.run_dir(args, r) for r in frontier.planned(args)}
+        assert {r.family for r in frontier.planned(args)} == ({"minilm"} if flag == "--no-mpnet" else {"mpnet"})
+    both = frontier.parse_args(["--data-dir", "glue", "--tasks", "sst2", "--seeds", "2", "--mpnet-model", absent])
+    both.targets, both.finished = frontier.flops_targets(both), []
+    assert not plans["--no-mpnet"] & plans["--no-minilm"]
+    assert plans["--no-mpnet"] | plans["--no-minilm"] == {frontier.run_dir(both, r) for r in frontier.planned(both)}
+    with pytest.raises(SystemExit, match="no model"):
+        frontier.main(["--data-dir", "glue", "--no-mpnet", "--no-minilm"])
