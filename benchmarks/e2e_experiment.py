@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _protocol import SELECTION_SEED, Family  # noqa: E402
+from _protocol import SELECTION_SEED, Family, evaluation_only  # noqa: E402
 from _record import HERE, record  # noqa: E402
 
 from dsee.train.generate import evaluate_generation_run  # noqa: E402
@@ -132,6 +132,15 @@ def by_rank_and_seed(entries: list[dict]) -> dict[int, dict[int, dict[str, dict]
             for rank, seeds in sorted(cells.items())}
 
 
+def seed_of(entry: dict) -> int:
+    return entry["key"]["seed"]
+
+
+def bleu_delta(pair: dict[str, dict]) -> float:
+    """DSEE − LoRA corpus BLEU ×100 of one (rank, seed) pair, as ``by_rank_and_seed`` gives it."""
+    return 100 * (pair["dsee"]["scores"]["bleu"] - pair["lora"]["scores"]["bleu"])
+
+
 def comparison(args, entries: list[dict]) -> str:
     """DSEE − LoRA per rank at the evaluation seeds: BLEU ×100 and dev loss paired by seed, then the paired
     bootstrap of BLEU over the decoded MRs at each rank and seed; one Holm family. The selection seed's
@@ -139,15 +148,15 @@ def comparison(args, entries: list[dict]) -> str:
     from dsee.evaluation.significance import paired_bootstrap_bleu
     from dsee.train.textgen import load_e2e
 
-    cells = by_rank_and_seed([e for e in entries if e["key"]["seed"] != SELECTION_SEED])
-    pilot = by_rank_and_seed([e for e in entries if e["key"]["seed"] == SELECTION_SEED])
+    cells = by_rank_and_seed(evaluation_only(entries, seed_of))
+    pilot = by_rank_and_seed([e for e in entries if seed_of(e) == SELECTION_SEED])
     family = Family()
     lines = ["| rank | LoRA BLEU | DSEE BLEU | DSEE − LoRA, BLEU ×100 | DSEE − LoRA, dev loss |", "|---|---|---|---|---|"]
     for rank, seeds in cells.items():
         if not seeds:
             continue
         bleu = {m: statistics.mean(100 * pair[m]["scores"]["bleu"] for pair in seeds.values()) for m in ("lora", "dsee")}
-        d_bleu = [100 * (pair["dsee"]["scores"]["bleu"] - pair["lora"]["scores"]["bleu"]) for pair in seeds.values()]
+        d_bleu = [bleu_delta(pair) for pair in seeds.values()]
         d_loss = [pair["dsee"]["dev_loss"] - pair["lora"]["dev_loss"] for pair in seeds.values()]
         lines.append(f"| {rank} | {bleu['lora']:.2f} | {bleu['dsee']:.2f} | {family.paired(d_bleu)} | "
                      f"{family.paired(d_loss, 3)} |")
@@ -176,7 +185,7 @@ def comparison(args, entries: list[dict]) -> str:
         text += ("\nPaired bootstrap of BLEU over the same decoded MRs at each rank and seed (1,000 draws; 95% interval "
                  "of Δ; two-sided shift-method p, Holm over this report):\n\n| rank | seed | DSEE − LoRA BLEU ×100 | p |\n"
                  "|---|---|---|---|\n" + "\n".join(boot) + "\n")
-    pilot_text = "; ".join(f"r = {rank}: {100 * (pair['dsee']['scores']['bleu'] - pair['lora']['scores']['bleu']):+.2f}"
+    pilot_text = "; ".join(f"r = {rank}: {bleu_delta(pair):+.2f}"
                            for rank, seeds in pilot.items() for pair in seeds.values())
     if pilot_text:
         text += (f"\nThe pilot on the selection seed {SELECTION_SEED} (its settings' origin, not a row of the "
@@ -237,7 +246,7 @@ def gather(args) -> list[dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     entries = gather(args)
-    evaluated = [e for e in entries if e["key"]["seed"] != SELECTION_SEED]
+    evaluated = evaluation_only(entries, seed_of)
     heading = (f"Evaluation seeds {', '.join(map(str, sorted({e['key']['seed'] for e in evaluated})))}" if evaluated
                else f"Only the pilot on the selection seed {SELECTION_SEED} is recorded")
     text = f"{heading}:\n\n" + table(evaluated or entries) + "\n" + comparison(args, entries)

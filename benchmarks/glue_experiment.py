@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _protocol import SELECTION_SEED, Family, seeds_arg  # noqa: E402
+from _protocol import SELECTION_SEED, Family, evaluation_only, seeds_arg  # noqa: E402
 from _record import HERE, record  # noqa: E402
 
 from dsee.train.checkpoint import has_checkpoint  # noqa: E402
@@ -150,7 +150,7 @@ def best_lr(by_lr: dict[float, list[dict]]) -> float:
 
 def evaluated(runs: list[dict]) -> list[dict]:
     """The runs of the evaluation seeds (the selection seed's run chose the rate: it is not evaluated)."""
-    return [m for m in runs if m["seed"] != SELECTION_SEED]
+    return evaluation_only(runs, lambda m: m["seed"])
 
 
 def aggregate(results: dict, tasks: list[str], methods: list[str]) -> dict:

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from _protocol import SELECTION_SEED, Family  # noqa: E402
+from _protocol import SELECTION_SEED, Family, evaluation_only  # noqa: E402
 
 from dsee.evaluation.statistics import paired, pooled  # noqa: E402
 
@@ -454,15 +454,14 @@ def e2e_n64_row(args: argparse.Namespace) -> tuple[str, str, str]:
     """The Measured row of the E2E N = 64 comparison: mean DSEE − LoRA BLEU per rank at the evaluation
     seeds (the seed-0 pilot until they are recorded, labelled so)."""
     module, _, entries = e2e_n64_results(args)
-    evaluated = module.by_rank_and_seed([e for e in entries if e["key"]["seed"] != SELECTION_SEED])
+    evaluated = module.by_rank_and_seed(evaluation_only(entries, module.seed_of))
     cells = {rank: pairs for rank, pairs in evaluated.items() if pairs}
     label = "seed 0 only: the pilot its settings come from, untested"
     if not cells:
         cells = {rank: pairs for rank, pairs in module.by_rank_and_seed(entries).items() if pairs}
     else:
         label = f"evaluation seeds {', '.join(map(str, sorted({s for p in cells.values() for s in p})))}"
-    deltas = {rank: statistics.mean(100 * (pair["dsee"]["scores"]["bleu"] - pair["lora"]["scores"]["bleu"])
-                                    for pair in pairs.values()) for rank, pairs in cells.items()}
+    deltas = {rank: statistics.mean(module.bleu_delta(pair) for pair in pairs.values()) for rank, pairs in cells.items()}
     return (f"E2E (SmolLM2-135M, N = 64, {label}): DSEE − LoRA at r = " + ", ".join(map(str, deltas)),
             ", ".join(f"{d:+.2f}" for d in deltas.values()) + f" BLEU (mean over {seed_counts(cells.values())})",
             f"DSEE ≥ LoRA: {verdict(all(d >= 0 for d in deltas.values()))}")
