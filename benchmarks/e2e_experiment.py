@@ -179,12 +179,15 @@ def comparison(args, entries: list[dict]) -> str:
             if any(len(o) != len(references) for o in outputs.values()):
                 continue
             b = paired_bootstrap_bleu(outputs["lora"], outputs["dsee"], references, resamples=1000)
-            boot.append(f"| {rank} | {seed} | {100 * b['delta']:+.2f} [{100 * b['delta_low']:+.2f}, "
-                        f"{100 * b['delta_high']:+.2f}] | {family.p_value(b['p_value'])} |")
+            # how many MRs S changed at all: where few differ, the bootstrap's Δ rests on those few
+            differing = sum(a != d for a, d in zip(outputs["lora"], outputs["dsee"]))
+            boot.append(f"| {rank} | {seed} | {differing} of {len(references)} | {100 * b['delta']:+.2f} "
+                        f"[{100 * b['delta_low']:+.2f}, {100 * b['delta_high']:+.2f}] | {family.p_value(b['p_value'])} |")
     if boot:
         text += ("\nPaired bootstrap of BLEU over the same decoded MRs at each rank and seed (1,000 draws; 95% interval "
-                 "of Δ; two-sided shift-method p, Holm over this report):\n\n| rank | seed | DSEE − LoRA BLEU ×100 | p |\n"
-                 "|---|---|---|---|\n" + "\n".join(boot) + "\n")
+                 "of Δ; two-sided shift-method p, Holm over this report); outputs: the decoded MRs where DSEE's output "
+                 "differs from LoRA's:\n\n| rank | seed | outputs that differ | DSEE − LoRA BLEU ×100 | p |\n"
+                 "|---|---|---|---|---|\n" + "\n".join(boot) + "\n")
     pilot_text = "; ".join(f"r = {rank}: {bleu_delta(pair):+.2f}"
                            for rank, seeds in pilot.items() for pair in seeds.values())
     if pilot_text:

@@ -77,7 +77,7 @@ def test_the_bootstrap_uses_the_recorded_outputs(entries, tmp_path):
     assert len(boot) == 1 and boot[0].startswith("| 4 | 1 |")  # only seed 1 recorded its outputs
     refs = [[r[0] for r in REFERENCES]]
     delta = sacrebleu.corpus_bleu(WORSE, refs).score - sacrebleu.corpus_bleu(GOOD, refs).score
-    assert f"| {delta:+.2f} [" in boot[0]
+    assert f"| {len(REFERENCES)} of {len(REFERENCES)} | {delta:+.2f} [" in boot[0]  # every WORSE output differs
     holm = [float(p) for p in re.findall(r"Holm p (\d\.\d+)", text)]
     assert len(holm) == 3  # BLEU, dev loss, one bootstrap: one family
 
@@ -105,3 +105,11 @@ def test_the_report_reads_the_pilot_beside_the_evaluation_seeds(tmp_path, monkey
     text = (tmp_path / "report" / "e2e_results.md").read_text()
     assert text.startswith("Evaluation seeds 2:")
     assert "| lora | 4 | 10 (0.10%) | 50.00 |" in text and "r = 4: -50.00" in text
+
+
+def test_the_bootstrap_row_counts_the_outputs_that_differ(entries, tmp_path):
+    dsee_seed_1 = next(e for e in entries if e["key"] == {"method": "dsee", "rank": 4, "seed": 1})
+    dsee_seed_1["outputs"] = GOOD[:3] + WORSE[3:]  # S changed only the last MR's output
+    args = e2e.parse_args(["--data-dir", str(tmp_path), "--decode-items", str(len(REFERENCES)), "--out", str(tmp_path)])
+    row = next(line for line in e2e.comparison(args, entries).splitlines() if line.startswith("| 4 | 1 |"))
+    assert f"| 1 of {len(REFERENCES)} |" in row
