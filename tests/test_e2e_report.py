@@ -51,15 +51,20 @@ def entries(monkeypatch):
     return made
 
 
+@pytest.fixture
+def decoding_args(tmp_path):
+    """The experiment's arguments with every reference MR decoded (the bootstrap's input)."""
+    return e2e.parse_args(["--data-dir", str(tmp_path), "--decode-items", str(len(REFERENCES)), "--out", str(tmp_path)])
+
+
 def interval_text(diffs, digits):
     d = np.asarray(diffs)
     half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
     return f"{d.mean():+.{digits}f} [{d.mean() - half:+.{digits}f}, {d.mean() + half:+.{digits}f}] ({d.size};"
 
 
-def test_differences_are_paired_by_seed_at_the_evaluation_seeds_only(entries, tmp_path):
-    args = e2e.parse_args(["--data-dir", str(tmp_path), "--decode-items", str(len(REFERENCES)), "--out", str(tmp_path)])
-    text = e2e.comparison(args, entries)
+def test_differences_are_paired_by_seed_at_the_evaluation_seeds_only(entries, decoding_args):
+    text = e2e.comparison(decoding_args, entries)
     row = next(line for line in text.splitlines() if line.startswith("| 4 |"))
     assert interval_text([100 * (d - lo) for lo, d in BLEU.values()], 2) in row
     assert interval_text([d - lo for lo, d in LOSS.values()], 3) in row
@@ -68,11 +73,10 @@ def test_differences_are_paired_by_seed_at_the_evaluation_seeds_only(entries, tm
     assert "r = 4: -50.00" in text  # the pilot, reported apart
 
 
-def test_the_bootstrap_uses_the_recorded_outputs(entries, tmp_path):
+def test_the_bootstrap_uses_the_recorded_outputs(entries, decoding_args):
     import sacrebleu
 
-    args = e2e.parse_args(["--data-dir", str(tmp_path), "--decode-items", str(len(REFERENCES)), "--out", str(tmp_path)])
-    text = e2e.comparison(args, entries)
+    text = e2e.comparison(decoding_args, entries)
     boot = [line for line in text.splitlines() if re.match(r"\| 4 \| \d \|", line)]
     assert len(boot) == 1 and boot[0].startswith("| 4 | 1 |")  # only seed 1 recorded its outputs
     refs = [[r[0] for r in REFERENCES]]
@@ -107,9 +111,8 @@ def test_the_report_reads_the_pilot_beside_the_evaluation_seeds(tmp_path, monkey
     assert "| lora | 4 | 10 (0.10%) | 50.00 |" in text and "r = 4: -50.00" in text
 
 
-def test_the_bootstrap_row_counts_the_outputs_that_differ(entries, tmp_path):
+def test_the_bootstrap_row_counts_the_outputs_that_differ(entries, decoding_args):
     dsee_seed_1 = next(e for e in entries if e["key"] == {"method": "dsee", "rank": 4, "seed": 1})
     dsee_seed_1["outputs"] = GOOD[:3] + WORSE[3:]  # S changed only the last MR's output
-    args = e2e.parse_args(["--data-dir", str(tmp_path), "--decode-items", str(len(REFERENCES)), "--out", str(tmp_path)])
-    row = next(line for line in e2e.comparison(args, entries).splitlines() if line.startswith("| 4 | 1 |"))
+    row = next(line for line in e2e.comparison(decoding_args, entries).splitlines() if line.startswith("| 4 | 1 |"))
     assert f"| 1 of {len(REFERENCES)} |" in row
