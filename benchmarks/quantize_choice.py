@@ -6,7 +6,8 @@ From the run's kept model (merged), exported as fp32 ONNX as is (``export_onnx(f
 - ``int8 unfused``: dynamic int8 (``quantize_int8``, per channel) of the graph as exported;
 - ``fuse, then int8``: the fused graph quantized (its ``Attention`` node keeps Q|K|V in fp32);
 - ``int8, then fuse``: what ``export_onnx(quantize="int8")`` ships; ``... per tensor``: one scale per matrix;
-  ``int8 matmuls only``: the embedding tables (Gather) left in fp32;
+  ``int8 matmuls only``: the embedding tables (Gather) left in fp32; ``int8 but FFN down fp32``: the
+  FFN down-projections (``quantize.ffn_down_projections``) left in fp32;
 - ``static int8, then fuse``: ``onnxruntime.quantization.quantize_static`` (QDQ, MinMax, uint8
   activations, int8 per-channel weights, the same operators) calibrated on ``--calibration-batches``
   training batches of the run (a seeded order, as ``--sparse-method gradient`` takes them).
@@ -36,14 +37,14 @@ from _record import CpuMeter, print_table, record  # noqa: E402
 from dsee import OnnxRuntimeModel, export_onnx, merge_dsee  # noqa: E402
 from dsee.adapters.inject import dsee_layers  # noqa: E402
 from dsee.deploy.fusion import fuse_for_ort  # noqa: E402
-from dsee.deploy.quantize import OP_TYPES, compare_outputs, quantize_int8  # noqa: E402
+from dsee.deploy.quantize import OP_TYPES, compare_outputs, ffn_down_projections, quantize_int8  # noqa: E402
 from dsee.evaluation.bench import time_models  # noqa: E402
 from dsee.train.metrics import compute_metrics  # noqa: E402
 from dsee.train.pipeline import load_run, load_task_data  # noqa: E402
 from dsee.train.support import calibration_batches  # noqa: E402
 
 VARIANTS = ("fp32", "fp32 fused", "int8 unfused", "fuse, then int8", "int8, then fuse", "int8, then fuse, per tensor",
-            "int8 matmuls only, then fuse", "static int8, then fuse")
+            "int8 matmuls only, then fuse", "int8 but FFN down fp32, then fuse", "static int8, then fuse")
 
 
 def static_int8(source: Path, target: Path, batches: list[dict]) -> None:
@@ -91,6 +92,9 @@ def build(work: Path, run: str, calibration: int) -> tuple[dict[str, Path], list
                                                fuse_for_ort(f.parent / "q.onnx", f)))
     make("int8 matmuls only, then fuse", lambda f: (quantize_int8(plain, f.parent / "q.onnx", op_types=("MatMul",)),
                                                     fuse_for_ort(f.parent / "q.onnx", f)))
+    make("int8 but FFN down fp32, then fuse",
+         lambda f: (quantize_int8(plain, f.parent / "q.onnx", keep_fp32=tuple(ffn_down_projections(plain))),
+                    fuse_for_ort(f.parent / "q.onnx", f)))
     train = calibration_batches(data, tokenizer, config, calibration, cycle=False)
     make("static int8, then fuse", lambda f: (static_int8(plain, f.parent / "q.onnx", train),
                                               fuse_for_ort(f.parent / "q.onnx", f)))

@@ -146,3 +146,28 @@ def test_real_minilm_int8_sentence_embeddings_within_the_stated_bound(tmp_path):
           f"{cosines.min():.4f}, mean {cosines.mean():.4f}")
     assert cosines.min() >= 0.97 and cosines.mean() >= 0.985
     assert manifest["quantization"]["vs_fp32"]["rows"] == len(texts)
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_ffn_down_projections_are_found_and_can_stay_fp32(arch, tmp_path):
+    from dsee.deploy.quantize import ffn_down_projections, quantize_int8
+
+    tokenizer = tokenizer_for(arch)
+    model = tiny_model(arch, tokenizer)
+    prune_unevenly(model)  # per-layer FFN sizes: found by the graph's structure, not by a shape
+    export_onnx(model, tmp_path / "fp32", tokenizer=tokenizer, fuse=False)
+    plain = tmp_path / "fp32" / "model.onnx"
+    down = ffn_down_projections(plain)
+    graph = onnx.load(str(plain)).graph
+    weights = {i.name: list(i.dims) for i in graph.initializer}
+    widths = [m.in_features for name, m in model.named_modules() if name.endswith("output.dense")
+              and isinstance(m, torch.nn.Linear) and "attention" not in name]
+    nodes = {n.name: n for n in graph.node}
+    assert len(down) == len(widths) == model.config.num_hidden_layers
+    assert sorted(weights[nodes[name].input[1]][0] for name in down) == sorted(widths)  # (intermediate, hidden)
+    info = quantize_int8(plain, tmp_path / "int8.onnx", keep_fp32=tuple(down))
+    linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert info["kept_fp32"] == len(down)
+    assert info["quantized_ops"]["MatMulInteger"] == linear - len(down)
+    kept = {n.name for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "MatMul"}
+    assert set(down) <= kept

@@ -51,12 +51,14 @@ def check_kind(kind: str | None) -> None:
 
 
 def quantize_int8(source: str | Path, target: str | Path, *, per_channel: bool = True,
-                  external_data: bool = False, op_types: tuple[str, ...] = OP_TYPES) -> dict[str, Any]:
+                  external_data: bool = False, op_types: tuple[str, ...] = OP_TYPES,
+                  keep_fp32: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write the dynamic-int8 version of the fp32 graph ``source`` to ``target``; returns what was done.
 
     ``per_channel``: one weight scale per output channel (default) instead of one per matrix.
     ``external_data``: weights in ``target``.data (graphs over protobuf's 2 GB limit). ``op_types``: the
-    operators whose constant weights are quantized. Returns
+    operators whose constant weights are quantized. ``keep_fp32``: names of nodes left in fp32 (e.g.
+    ``ffn_down_projections(source)``). Returns
     ``{"kind", "tool", "per_channel", "op_types", "weight_type", "activations", "quantized_ops",
     "versions"}`` for the export manifest (``quantized_ops``: the integer operators in the result).
     """
@@ -65,13 +67,32 @@ def quantize_int8(source: str | Path, target: str | Path, *, per_channel: bool =
     with quiet(""):  # the quantizer logs its advice on the root logger
         quantization.quantize_dynamic(str(source), str(target), per_channel=per_channel,
                                       weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(op_types),
-                                      use_external_data_format=external_data)
+                                      nodes_to_exclude=list(keep_fp32), use_external_data_format=external_data)
     counts = collections.Counter(n.op_type for n in onnx.load(str(target), load_external_data=False).graph.node)
     return {"kind": "int8", "tool": "onnxruntime.quantization.quantize_dynamic", "per_channel": per_channel,
-            "op_types": list(op_types), "weight_type": "int8, symmetric",
+            "op_types": list(op_types), "kept_fp32": len(keep_fp32), "weight_type": "int8, symmetric",
             "activations": "uint8, per tensor, from each batch's range at run time",
             "quantized_ops": {op: counts[op] for op in QUANTIZED_OPS if counts[op]},
             "versions": {dist: _version(dist) for dist in ("onnxruntime", "onnx")}}
+
+
+# activations whose output feeds an FFN's down-projection (BERT/MPNet GELU, ReLU, fused variants)
+FFN_ACTIVATIONS = ("Gelu", "FastGelu", "BiasGelu", "Relu", "QuickGelu")
+
+
+def ffn_down_projections(graph: str | Path) -> list[str]:
+    """Names of the MatMul nodes of ``graph`` (an fp32 ONNX file) whose input is an activation's output.
+
+    These are the FFN down-projections, (tokens, intermediate) @ (intermediate, hidden): their input,
+    the activation of the widest layer, has the longest-tailed range of any matmul input, and dynamic
+    int8 quantizes it to uint8 with one scale per batch. Gated FFNs (SwiGLU: a Mul of two branches)
+    are not matched.
+    """
+    onnx = require("onnx")
+    nodes = onnx.load(str(graph), load_external_data=False).graph.node
+    produced_by = {out: node.op_type for node in nodes for out in node.output}
+    return [node.name for node in nodes
+            if node.op_type == "MatMul" and produced_by.get(node.input[0]) in FFN_ACTIVATIONS]
 
 
 def _version(dist: str) -> str | None:
