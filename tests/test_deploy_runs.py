@@ -127,6 +127,8 @@ def test_structured_run_exports_to_onnx_and_benchmarks_on_both_backends(source_r
     (["export", "{run}", "--out", "{out}", "--quantize", "int8"], "--quantize applies to ONNX exports only: add --format onnx"),
     (["export", "{run}", "--out", "{out}", "--no-fuse"], "--no-fuse applies to ONNX exports only"),
     (["export", "{run}", "--out", "{out}", "--format", "onnx", "--per-tensor"], "--per-tensor sets how int8 weights"),
+    (["export", "{run}", "--out", "{out}", "--format", "onnx", "--fp32-ffn-down"], "--fp32-ffn-down keeps some"),
+    (["export", "{run}", "--out", "{out}", "--fp32-ffn-down"], "--fp32-ffn-down applies to ONNX exports only"),
     (["export", "{run}", "--out", "{out}", "--format", "onnx", "--check-batches", "-1"], "--check-batches -1"),
     (["bench", "{run}", "--backend", "tensorflow"], "--backend 'tensorflow'"),
     (["bench", "{out}", "--backend", "torch"], "no such exported model directory"),

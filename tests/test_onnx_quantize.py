@@ -171,3 +171,27 @@ def test_ffn_down_projections_are_found_and_can_stay_fp32(arch, tmp_path):
     assert info["quantized_ops"]["MatMulInteger"] == linear - len(down)
     kept = {n.name for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "MatMul"}
     assert set(down) <= kept
+
+
+def test_int8_export_with_fp32_ffn_down_projections(tmp_path):
+    tokenizer = tokenizer_for("bert")
+    model = tiny_model("bert", tokenizer)
+    prune_unevenly(model)
+    manifest = export_onnx(model, tmp_path / "int8", tokenizer=tokenizer, quantize="int8", fp32_ffn_down=True)
+    quantization = manifest["quantization"]
+    layers = model.config.num_hidden_layers
+    linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert quantization["kept_fp32"] == layers
+    assert quantization["quantized_ops"]["MatMulInteger"] == linear - layers
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node]
+    assert ops.count("MatMul") >= layers and manifest["graph"]["fusion"]["ops"]["MultiHeadAttention"] == 2
+
+
+@pytest.mark.parametrize("arch,quantize,match", [("bert", None, "needs quantize='int8'"),
+                                                 ("llama", "int8", "no FFN down-projection")])
+def test_fp32_ffn_down_refuses_what_it_cannot_do_before_anything_is_written(arch, quantize, match, tmp_path):
+    tokenizer = tokenizer_for(arch)
+    model = tiny_model(arch, tokenizer)
+    with pytest.raises(ValueError, match=match):
+        export_onnx(model, tmp_path / "out", tokenizer=tokenizer, quantize=quantize, fp32_ffn_down=True)
+    assert not (tmp_path / "out").exists()

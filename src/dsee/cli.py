@@ -276,6 +276,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     info = export_run(args.run, args.out, compact=args.compact, overwrite=args.overwrite, merge=not args.no_merge,
                       format=args.format, quantize=args.quantize, per_channel=not args.per_tensor,
+                      fp32_ffn_down=args.fp32_ffn_down,
                       fuse=not args.no_fuse, check_batches=args.check_batches)
     if info["format"] == "onnx":
         print(format_onnx_export(args.run, args.out, info))
@@ -301,7 +302,8 @@ def format_onnx_export(run: str, out: str, info: dict) -> str:
         vs = quantization["vs_fp32"]
         same = f", same predicted class on {vs['same_class_share']:.1%} of {vs['rows']} rows" \
             if "same_class_share" in vs else f" over {vs['rows']} rows"
-        lines.append(f"{quantization['kind']} ({'per channel' if quantization['per_channel'] else 'per tensor'}): "
+        kept = f", {quantization['kept_fp32']} FFN down-projections in fp32" if quantization.get("kept_fp32") else ""
+        lines.append(f"{quantization['kind']} ({'per channel' if quantization['per_channel'] else 'per tensor'}{kept}): "
                      f"largest output difference from fp32 {vs['max_abs_diff']:.3g}{same}; score it with "
                      f"`dsee eval {out}`")
     lines.append("run it with onnxruntime or dsee.OnnxRuntimeModel")
@@ -475,6 +477,8 @@ def _add_export_and_generate(sub) -> None:
                    help="onnx: int8 weights (dynamic int8 by ONNX Runtime's quantizer, per output channel); the "
                         "largest difference from the fp32 graph on dev batches goes to the manifest")
     p.add_argument("--per-tensor", action="store_true", help="int8: one scale per weight matrix, not per channel")
+    p.add_argument("--fp32-ffn-down", action="store_true",
+                   help="int8: keep the FFN down-projections in fp32 (closer to fp32, slower; GELU/ReLU FFNs)")
     p.add_argument("--no-fuse", action="store_true",
                    help="onnx: keep the graph as exported (default: ONNX Runtime's fused attention, layer norm, GELU)")
     p.add_argument("--check-batches", type=int, default=None,

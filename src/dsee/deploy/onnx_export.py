@@ -39,7 +39,7 @@ from torch import nn
 from ..files import atomic_directory
 from . import ONNX_FILE, ONNX_MANIFEST, quiet, require  # noqa: F401 (the file names re-exported)
 from .fusion import fuse_for_ort
-from .quantize import check_kind, compare_outputs, quantize_int8
+from .quantize import check_kind, compare_outputs, ffn_down_projections, quantize_int8
 from .runtime import OnnxRuntimeModel
 
 FORMAT = "dsee-onnx-1"
@@ -145,7 +145,8 @@ def _plain_copy(model: nn.Module) -> nn.Module:
 
 def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extra_files: dict[str, str] | None = None,
                 opset: int | None = None, atol: float = 1e-4, check: bool = True, fuse: bool = True,
-                quantize: str | None = None, per_channel: bool = True, data: list[dict] | None = None) -> dict[str, Any]:
+                quantize: str | None = None, per_channel: bool = True, fp32_ffn_down: bool = False,
+                data: list[dict] | None = None) -> dict[str, Any]:
     """Write ``model`` as ONNX to ``directory`` (replaced whole, atomically); returns the manifest.
 
     Args:
@@ -166,6 +167,8 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
             graph is then compared with it and the largest difference (and, for classifiers, the share
             of rows with the same predicted class) recorded under ``quantization.vs_fp32``.
         per_channel: int8 weights with one scale per output channel (default) or one per matrix.
+        fp32_ffn_down: int8 with the FFN down-projections left in fp32 (``quantize.ffn_down_projections``):
+            closer to the fp32 model, slower (``quantize``'s doc has the measured trade-off).
         data: real tokenized batches (dicts of int64 (batch, sequence) tensors, e.g. dev batches):
             the fp32 graph is checked on them too, and the int8 graph is measured on them (without
             them: the built-in check sentences, or random token ids without a tokenizer).
@@ -174,6 +177,8 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
     graph gives NaN or inf.
     """
     check_kind(quantize)
+    if fp32_ffn_down and quantize is None:
+        raise ValueError("fp32_ffn_down=True keeps some matmuls of an int8 graph in fp32: it needs quantize='int8'")
     require("onnx")
     require("onnxscript")
     if quantize is not None:
@@ -209,7 +214,8 @@ def export_onnx(model: nn.Module, directory: str | Path, *, tokenizer=None, extr
             quantization = None
             final = fp32
             if quantize is not None:
-                final, quantization = _int8_graph(stages, per_channel=per_channel, fuse=fuse, external=external)
+                final, quantization = _int8_graph(stages, per_channel=per_channel, fp32_ffn_down=fp32_ffn_down,
+                                                  fuse=fuse, external=external)
                 if check:
                     inputs = f"{len(real)} batches of the given data" if real else \
                         "the check batches (" + ("sentences)" if tokenizer is not None else "random token ids)")
@@ -293,10 +299,15 @@ def _graph_inputs(batch: dict, names: list[str]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _int8_graph(stages: Stages, *, per_channel: bool, fuse: bool, external: bool) -> tuple[Path, dict[str, Any]]:
+def _int8_graph(stages: Stages, *, per_channel: bool, fp32_ffn_down: bool, fuse: bool,
+                external: bool) -> tuple[Path, dict[str, Any]]:
     """The int8 graph: the unfused fp32 graph quantized, then fused (why this order: ``quantize``'s doc)."""
-    quantized = stages.file("int8")
-    info = quantize_int8(stages.file("plain"), quantized, per_channel=per_channel, external_data=external)
+    quantized, plain = stages.file("int8"), stages.file("plain")
+    keep = tuple(ffn_down_projections(plain)) if fp32_ffn_down else ()
+    if fp32_ffn_down and not keep:
+        raise ValueError("fp32_ffn_down=True: the graph has no FFN down-projection (a MatMul fed by GELU or ReLU; "
+                         "gated FFNs such as SwiGLU are not matched)")
+    info = quantize_int8(plain, quantized, per_channel=per_channel, external_data=external, keep_fp32=keep)
     if not fuse:
         return quantized, {**info, "fusion": {"applied": False, "reason": "fuse=False"}}
     fused = stages.file("int8-fused")

@@ -41,15 +41,16 @@ PATH_FIELDS = ("data_dir", "train_file", "validation_file")
 
 def export_run(run: str | Path, out: str | Path, *, compact: bool = False, overwrite: bool = False,
                merge: bool = True, format: str = "transformers", quantize: str | None = None,  # noqa: A002
-               per_channel: bool = True, fuse: bool = True, check_batches: int | None = None) -> dict[str, Any]:
+               per_channel: bool = True, fp32_ffn_down: bool = False, fuse: bool = True,
+               check_batches: int | None = None) -> dict[str, Any]:
     """Export the kept model of ``run`` to ``out`` (module doc); returns what was written.
 
-    ``quantize`` ("int8"), ``per_channel``, ``fuse`` and ``check_batches`` apply to ``format="onnx"``
+    ``quantize`` ("int8"), ``per_channel``, ``fp32_ffn_down``, ``fuse`` and ``check_batches`` apply to ``format="onnx"``
     (``deploy.onnx_export.export_onnx``); ``check_batches`` dev batches (default ``CHECK_BATCHES``; 0: the
     built-in sentences only).
     """
     run, out = Path(run), Path(out)
-    _check_options(format, compact, merge, quantize, per_channel, fuse, check_batches)
+    _check_options(format, compact, merge, quantize, per_channel, fp32_ffn_down, fuse, check_batches)
     check_out_apart(run, out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file")
@@ -71,7 +72,7 @@ def export_run(run: str | Path, out: str | Path, *, compact: bool = False, overw
 
         data, data_note = dev_batches(config, tokenizer, CHECK_BATCHES if check_batches is None else check_batches)
         manifest = export_onnx(model, out, tokenizer=tokenizer, extra_files=extra, fuse=fuse, quantize=quantize,
-                               per_channel=per_channel, data=data)
+                               per_channel=per_channel, fp32_ffn_down=fp32_ffn_down, data=data)
         info = {"format": "onnx", "weights_file": manifest["file"], "stock": False,
                 "bytes_on_disk": sum((out / name).stat().st_size for name in manifest["files"]
                                      if name.startswith(manifest["file"])),
@@ -87,7 +88,7 @@ def export_run(run: str | Path, out: str | Path, *, compact: bool = False, overw
 
 
 def _check_options(format: str, compact: bool, merge: bool, quantize: str | None, per_channel: bool,  # noqa: A002
-                   fuse: bool, check_batches: int | None) -> None:
+                   fp32_ffn_down: bool, fuse: bool, check_batches: int | None) -> None:
     if format not in FORMATS:
         raise ValueError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     if format == "onnx" and (compact or not merge):
@@ -95,6 +96,7 @@ def _check_options(format: str, compact: bool, merge: bool, quantize: str | None
                          "do not apply")
     if format != "onnx":
         given = [flag for flag, on in (("--quantize", quantize is not None), ("--per-tensor", not per_channel),
+                                       ("--fp32-ffn-down", fp32_ffn_down),
                                        ("--no-fuse", not fuse), ("--check-batches", check_batches is not None))
                  if on]
         if given:
@@ -106,6 +108,8 @@ def _check_options(format: str, compact: bool, merge: bool, quantize: str | None
     check_kind(quantize)
     if quantize is None and not per_channel:
         raise ValueError("--per-tensor sets how int8 weights are scaled: it needs --quantize int8")
+    if quantize is None and fp32_ffn_down:
+        raise ValueError("--fp32-ffn-down keeps some matmuls of an int8 graph in fp32: it needs --quantize int8")
     if check_batches is not None and check_batches < 0:
         raise ValueError(f"--check-batches {check_batches}: must be >= 0")
     from ..deploy import require
