@@ -72,16 +72,21 @@ def pruned_run(source_run, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("which", ["unpruned", "pruned"])
+@pytest.mark.parametrize("which", ["unpruned", "pruned", "pruned, FFN down-projections fp32"])
 def test_an_int8_exports_score_equals_a_direct_onnx_runtime_evaluation(which, source_run, pruned_run, tmp_path,
                                                                         capsys):
     run = source_run if which == "unpruned" else pruned_run
     out = tmp_path / "int8"
-    assert main(["export", str(run), "--out", str(out), "--format", "onnx", "--quantize", "int8"]) == 0
+    keep = ["--fp32-ffn-down"] if "fp32" in which else []
+    assert main(["export", str(run), "--out", str(out), "--format", "onnx", "--quantize", "int8", *keep]) == 0
     printed = capsys.readouterr().out
-    assert "int8 (per channel): largest output difference from fp32" in printed
-    assert "checked on 1 batch of 64 validation examples of the run's data" in printed
     record = json.loads((out / "dsee_export.json").read_text())
+    kept = record["quantization"]["kept_fp32"]
+    layers = json.loads((out / "config.json").read_text())["num_hidden_layers"]
+    assert kept == (layers if keep else 0)  # one down-projection per layer
+    mode = f"per channel, {kept} FFN down-projections in fp32" if keep else "per channel"
+    assert f"int8 ({mode}): largest output difference from fp32" in printed
+    assert "checked on 1 batch of 64 validation examples of the run's data" in printed
     assert record["quantization"]["kind"] == "int8" and record["fusion"]["ops"]["MultiHeadAttention"] == 2
     assert record["quantization"]["vs_fp32"]["rows"] == 64  # measured on the run's dev batch
     got = eval_json(capsys, out)["validation"]

@@ -45,8 +45,8 @@ def export_run(run: str | Path, out: str | Path, *, compact: bool = False, overw
                check_batches: int | None = None) -> dict[str, Any]:
     """Export the kept model of ``run`` to ``out`` (module doc); returns what was written.
 
-    ``quantize`` ("int8"), ``per_channel``, ``fp32_ffn_down``, ``fuse`` and ``check_batches`` apply to ``format="onnx"``
-    (``deploy.onnx_export.export_onnx``); ``check_batches`` dev batches (default ``CHECK_BATCHES``; 0: the
+    ``quantize`` ("int8"), ``per_channel``, ``fp32_ffn_down``, ``fuse`` and ``check_batches`` apply to
+    ``format="onnx"`` (``deploy.onnx_export.export_onnx``); ``check_batches`` dev batches (default ``CHECK_BATCHES``; 0: the
     built-in sentences only).
     """
     run, out = Path(run), Path(out)
