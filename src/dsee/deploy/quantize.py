@@ -24,8 +24,8 @@ The choices, measured on all-MiniLM-L6-v2 fine-tuned on SST-2 (``benchmarks/quan
 - **FFN down-projections in fp32** (``keep_fp32=ffn_down_projections(graph)``, ``dsee export
   --fp32-ffn-down``): an option, not the default. On all-mpnet-base-v2 fine-tuned on SST-2, MRPC and
   STS-B (the deploy frontier's seed-3 runs; ``quantize_choice`` records of 2026-12-05) int8 costs
-  1.03, 0.97 and 0.04 points and keeping the down-projections fp32 0.23, 0.11 and 0.05, but at
-  0.50–0.53 / 0.57–0.58 of fp32's CPU time at 1 × 128 / 32 × 128 instead of 0.27–0.30 / 0.33–0.36.
+  1.03, 0.97 and 0.04 points and keeping the down-projections fp32 0.23, 0.11 and 0.05, but (timed
+  alone, MRPC's run) at 0.52 / 0.55 of fp32's CPU time at 1 × 128 / 32 × 128 instead of 0.29 / 0.33.
   Per tensor and static int8 lose more on every task (static: 14.00 F1 on MRPC).
 
 ``compare_outputs`` measures what quantization changed on real inputs: the largest |int8 − fp32|
